@@ -1,0 +1,18 @@
+//! Operational transformation over plain text (SPEC §3).
+//!
+//! An [`Op`] is a list of [`Component`]s walking the document from the start:
+//! retain `n` code points, insert a string, or delete `n` code points. Anything
+//! after the last component is retained implicitly. Every position and length
+//! counts Unicode scalar values, never bytes.
+//!
+//! This crate does no I/O, keeps no clock and cannot fail on valid input: the
+//! only errors are "this op does not fit this document" and malformed input.
+
+mod op;
+mod rng;
+
+pub use op::{
+    apply, apply_rope, apply_with_deleted, compose, invert, transform, transform_cursor, Component,
+    Op, OtError, Side,
+};
+pub use rng::SplitMix64;
