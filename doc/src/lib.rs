@@ -1,0 +1,13 @@
+//! A document as the roles see it, and how they rebuild it.
+//!
+//! [`DocState`] is text + version + dedup table + a window of recent applied
+//! ops. Every role that needs a document (transformer, fanout, compactor, the
+//! HTTP reads) rebuilds it the same way with [`load`]: the latest snapshot,
+//! then the archived history after it, then the applied topic after the
+//! compactor's position. State is a pure function of those records.
+
+mod load;
+mod state;
+
+pub use load::{load, LoadError, Sources, Topics, COMPACTOR_GROUP, TRANSFORMER_GROUP};
+pub use state::{DocError, DocState, WindowPolicy};

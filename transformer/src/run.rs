@@ -1,0 +1,224 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use doc::{load, DocState, LoadError, Sources, Topics, TRANSFORMER_GROUP};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use protocol::{decode_out_record, decode_raw_record, OutRecord};
+use quire_log::{LogError, OpLog, Offset, Partition};
+use store::Store;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{process, CoreConfig, Outcome};
+
+#[derive(Debug, Clone)]
+pub struct TransformerConfig {
+    pub topics: Topics,
+    pub core: CoreConfig,
+    /// Raw records taken per batch (one produce and one commit per batch).
+    pub batch: usize,
+    /// Documents kept in memory per partition before the cache is dropped.
+    pub max_docs: usize,
+}
+
+impl Default for TransformerConfig {
+    fn default() -> Self {
+        TransformerConfig {
+            topics: Topics::default(),
+            core: CoreConfig::default(),
+            batch: 500,
+            max_docs: 4096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransformerError {
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    #[error("loading a document: {0}")]
+    Load(#[from] LoadError),
+    #[error("{ops} has {a} partitions but {applied} has {b}: they must match")]
+    PartitionCounts { ops: String, applied: String, a: u32, b: u32 },
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    applied: IntCounter,
+    rejected: IntCounterVec,
+    duplicates: IntCounter,
+    undecodable: IntCounter,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Metrics {
+        let applied = IntCounter::new("quire_transformer_ops_applied_total", "Ops applied").unwrap();
+        let rejected = IntCounterVec::new(
+            Opts::new("quire_transformer_ops_rejected_total", "Ops rejected, by error code"),
+            &["code"],
+        )
+        .unwrap();
+        let duplicates =
+            IntCounter::new("quire_transformer_ops_duplicate_total", "Resent ops dropped as duplicates").unwrap();
+        let undecodable = IntCounter::new(
+            "quire_transformer_records_undecodable_total",
+            "Raw records that could not be read and were skipped",
+        )
+        .unwrap();
+        for c in [&applied, &duplicates, &undecodable] {
+            let _ = registry.register(Box::new(c.clone()));
+        }
+        let _ = registry.register(Box::new(rejected.clone()));
+        Metrics { applied, rejected, duplicates, undecodable }
+    }
+}
+
+/// Runs one task per partition until `shutdown`.
+pub async fn run(
+    config: TransformerConfig,
+    log: Arc<dyn OpLog>,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), TransformerError> {
+    let a = log.partitions(&config.topics.ops)?;
+    let b = log.partitions(&config.topics.applied)?;
+    if a != b {
+        return Err(TransformerError::PartitionCounts {
+            ops: config.topics.ops.clone(),
+            applied: config.topics.applied.clone(),
+            a,
+            b,
+        });
+    }
+    let config = Arc::new(config);
+    let mut tasks = JoinSet::new();
+    for p in 0..a {
+        let (config, log, store, metrics, shutdown) =
+            (config.clone(), log.clone(), store.clone(), metrics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut part = PartitionWorker { p, config, log, store, metrics, docs: HashMap::new() };
+            // A failing partition backs off and starts again from the log;
+            // it never skips a record.
+            loop {
+                match part.run(&shutdown).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::error!(partition = p, error = %e, "transformer partition failed; restarting from the log");
+                        part.docs.clear();
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+struct PartitionWorker {
+    p: Partition,
+    config: Arc<TransformerConfig>,
+    log: Arc<dyn OpLog>,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    docs: HashMap<String, DocState>,
+}
+
+impl PartitionWorker {
+    fn sources(&self) -> Sources<'_> {
+        Sources {
+            log: self.log.as_ref(),
+            store: self.store.as_ref(),
+            topics: &self.config.topics,
+            window: self.config.core.window,
+        }
+    }
+
+    /// Where to resume: after the committed offset, and after every raw
+    /// record that already has an output (a crash between produce and
+    /// commit must not produce twice).
+    async fn resume_point(&self) -> Result<Offset, TransformerError> {
+        let t = &self.config.topics;
+        let committed = self.log.committed(TRANSFORMER_GROUP, &t.ops, self.p).await?.unwrap_or(0);
+        let start = self.log.log_start(&t.ops, self.p).await?;
+        let hw = self.log.high_watermark(&t.applied, self.p).await?;
+        let applied_start = self.log.log_start(&t.applied, self.p).await?;
+        let mut done = 0;
+        if hw > applied_start {
+            // Raw seqs grow with applied offsets: the last record has the max.
+            let last = self.log.fetch(&t.applied, self.p, hw - 1, 1, Duration::ZERO).await?;
+            if let Some(r) = last.first() {
+                if let Ok(out) = decode_out_record(&r.value) {
+                    done = out.raw_seq(); // raw offset + 1: the next to read
+                }
+            }
+        }
+        Ok(committed.max(start).max(done))
+    }
+
+    async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), TransformerError> {
+        let topics = self.config.topics.clone();
+        let mut pos = self.resume_point().await?;
+        tracing::info!(partition = self.p, offset = pos, "transformer partition starting");
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                b = self.log.fetch(&topics.ops, self.p, pos, self.config.batch, Duration::from_millis(500)) => b?,
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            if self.docs.len() > self.config.max_docs {
+                self.docs.clear();
+            }
+            let mut out = Vec::with_capacity(batch.len());
+            let next = batch.last().map_or(pos, |r| r.offset + 1);
+            for rec in batch {
+                let raw = match decode_raw_record(&rec.value) {
+                    Ok(raw) if raw.doc == rec.key => raw,
+                    Ok(raw) => {
+                        tracing::warn!(partition = self.p, offset = rec.offset, key = %rec.key, doc = %raw.doc, "raw record key does not match its doc; skipped");
+                        self.metrics.undecodable.inc();
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = self.p, offset = rec.offset, error = %e, "unreadable raw record skipped");
+                        self.metrics.undecodable.inc();
+                        continue;
+                    }
+                };
+                if !self.docs.contains_key(&raw.doc) {
+                    let state = load(self.sources(), &raw.doc, None, None).await?;
+                    self.docs.insert(raw.doc.clone(), state);
+                }
+                let state = self.docs.get_mut(&raw.doc).expect("loaded above");
+                match process(state, &raw, rec.offset + 1, &self.config.core) {
+                    Outcome::Applied(a) => {
+                        self.metrics.applied.inc();
+                        out.push((a.doc.clone(), OutRecord::Applied(a).encode()));
+                    }
+                    Outcome::Rejected(r) => {
+                        self.metrics.rejected.with_label_values(&[r.code.as_str()]).inc();
+                        out.push((r.doc.clone(), OutRecord::Rejected(r).encode()));
+                    }
+                    Outcome::Duplicate { .. } => self.metrics.duplicates.inc(),
+                }
+            }
+            if !out.is_empty() {
+                if let Err(e) = self.log.produce(&topics.applied, out).await {
+                    // Whether or not it landed, the next run decides from
+                    // the applied topic itself.
+                    self.docs.clear();
+                    return Err(e.into());
+                }
+            }
+            self.log.commit(TRANSFORMER_GROUP, &topics.ops, self.p, next).await?;
+            pos = next;
+        }
+    }
+}
