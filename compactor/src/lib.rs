@@ -1,0 +1,221 @@
+//! The compactor role (SPEC §1, §9): consumes `quire.applied`, archives
+//! every applied op in the store's history, writes a snapshot of a document
+//! every `snapshot_every` of its ops, commits its position only after both
+//! are stored, and truncates `quire.ops` and `quire.applied` with
+//! DeleteRecords — never past the transformer's committed offset, its own
+//! position, or the retention margin.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use doc::{load, DocState, LoadError, Sources, Topics, WindowPolicy, COMPACTOR_GROUP, TRANSFORMER_GROUP};
+use prometheus::{IntCounter, Registry};
+use protocol::{decode_out_record, OutRecord};
+use quire_log::{LogError, OpLog, Offset, Partition};
+use store::{Store, StoreError};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct CompactorConfig {
+    pub topics: Topics,
+    pub window: WindowPolicy,
+    /// A document gets a snapshot after this many of its ops.
+    pub snapshot_every: u64,
+    /// Records kept in each partition of both topics whatever else allows.
+    pub retain_records: u64,
+    /// How often to truncate.
+    pub truncate_every: Duration,
+    pub max_docs: usize,
+}
+
+impl Default for CompactorConfig {
+    fn default() -> Self {
+        CompactorConfig {
+            topics: Topics::default(),
+            window: WindowPolicy::default(),
+            snapshot_every: 1000,
+            retain_records: 10_000,
+            truncate_every: Duration::from_secs(5),
+            max_docs: 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompactorError {
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("loading a document: {0}")]
+    Load(#[from] LoadError),
+    #[error("applied record at {offset} is unreadable: {reason}")]
+    BadRecord { offset: Offset, reason: String },
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    archived: IntCounter,
+    snapshots: IntCounter,
+    truncated: IntCounter,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Metrics {
+        let archived = IntCounter::new("quire_compactor_ops_archived_total", "Applied ops written to history").unwrap();
+        let snapshots = IntCounter::new("quire_compactor_snapshots_written_total", "Snapshots written").unwrap();
+        let truncated = IntCounter::new("quire_compactor_records_truncated_total", "Records removed by DeleteRecords").unwrap();
+        for c in [&archived, &snapshots, &truncated] {
+            let _ = registry.register(Box::new(c.clone()));
+        }
+        Metrics { archived, snapshots, truncated }
+    }
+}
+
+pub async fn run(
+    config: CompactorConfig,
+    log: Arc<dyn OpLog>,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), CompactorError> {
+    let n = log.partitions(&config.topics.applied)?;
+    let config = Arc::new(config);
+    let mut tasks = JoinSet::new();
+    for p in 0..n {
+        let mut w = Worker {
+            p,
+            config: config.clone(),
+            log: log.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            docs: HashMap::new(),
+        };
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                match w.run(&shutdown).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::error!(partition = p, error = %e, "compactor partition failed; restarting");
+                        w.docs.clear();
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+struct Worker {
+    p: Partition,
+    config: Arc<CompactorConfig>,
+    log: Arc<dyn OpLog>,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    /// Documents with the count of ops since their last snapshot.
+    docs: HashMap<String, (DocState, u64)>,
+}
+
+impl Worker {
+    async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), CompactorError> {
+        let topics = self.config.topics.clone();
+        let start = self.log.log_start(&topics.applied, self.p).await?;
+        let mut pos = self.log.committed(COMPACTOR_GROUP, &topics.applied, self.p).await?.unwrap_or(0).max(start);
+        let mut last_truncate = Instant::now();
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                b = self.log.fetch(&topics.applied, self.p, pos, 1000, Duration::from_millis(500)) => b?,
+            };
+            if !batch.is_empty() {
+                let next = batch.last().map_or(pos, |r| r.offset + 1);
+                self.compact(batch).await?;
+                self.log.commit(COMPACTOR_GROUP, &topics.applied, self.p, next).await?;
+                pos = next;
+            }
+            if last_truncate.elapsed() >= self.config.truncate_every {
+                self.truncate(pos).await?;
+                last_truncate = Instant::now();
+            }
+        }
+    }
+
+    async fn compact(&mut self, batch: Vec<quire_log::Record>) -> Result<(), CompactorError> {
+        let mut applied = Vec::with_capacity(batch.len());
+        let mut first_offset = HashMap::new();
+        for rec in &batch {
+            match decode_out_record(&rec.value) {
+                Ok(OutRecord::Applied(a)) => {
+                    first_offset.entry(a.doc.clone()).or_insert(rec.offset);
+                    applied.push(a);
+                }
+                Ok(OutRecord::Rejected(_)) => {}
+                Err(e) => return Err(CompactorError::BadRecord { offset: rec.offset, reason: e.to_string() }),
+            }
+        }
+        // History first: a snapshot never refers to ops the archive lacks.
+        self.store.put_history(&applied).await?;
+        self.metrics.archived.inc_by(applied.len() as u64);
+        if self.docs.len() > self.config.max_docs {
+            self.docs.clear();
+        }
+        for a in applied {
+            if !self.docs.contains_key(&a.doc) {
+                let sources = Sources {
+                    log: self.log.as_ref(),
+                    store: self.store.as_ref(),
+                    topics: &self.config.topics,
+                    window: self.config.window,
+                };
+                let state = load(sources, &a.doc, Some(first_offset[&a.doc]), None).await?;
+                self.docs.insert(a.doc.clone(), (state, 0));
+            }
+            let (state, since) = self.docs.get_mut(&a.doc).expect("loaded above");
+            if a.seq <= state.version {
+                continue;
+            }
+            if let Err(e) = state.apply_record(&a) {
+                tracing::error!(error = %e, "compactor state diverged; reloading the document");
+                self.docs.remove(&a.doc);
+                continue;
+            }
+            state.trim(WindowPolicy { min_ops: 0, min_age_ms: 0 }, a.ts);
+            *since += 1;
+            if *since >= self.config.snapshot_every {
+                self.store.put_snapshot(&state.snapshot()).await?;
+                self.metrics.snapshots.inc();
+                *since = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// DeleteRecords on both topics, below what every reader still needs.
+    async fn truncate(&self, compacted: Offset) -> Result<(), CompactorError> {
+        let t = &self.config.topics;
+        let keep = self.config.retain_records.max(1);
+        let transformed = self.log.committed(TRANSFORMER_GROUP, &t.ops, self.p).await?.unwrap_or(0);
+        let ops_hw = self.log.high_watermark(&t.ops, self.p).await?;
+        let applied_hw = self.log.high_watermark(&t.applied, self.p).await?;
+        for (topic, before) in [
+            (&t.ops, transformed.min(ops_hw.saturating_sub(keep))),
+            (&t.applied, compacted.min(applied_hw.saturating_sub(keep))),
+        ] {
+            let old = self.log.log_start(topic, self.p).await?;
+            if before > old {
+                let new = self.log.delete_records(topic, self.p, before).await?;
+                self.metrics.truncated.inc_by(new - old);
+                tracing::debug!(topic, partition = self.p, from = old, to = new, "truncated");
+            }
+        }
+        Ok(())
+    }
+}

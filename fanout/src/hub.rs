@@ -1,0 +1,519 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use doc::{load, DocState, LoadError, Sources, Topics, WindowPolicy};
+use prometheus::{IntCounter, IntGauge, Registry};
+use protocol::{
+    decode_out_record, AppliedRecord, Cursor, ErrorCode, OutRecord, ProtoError,
+    RejectedRecord, ServerMsg,
+};
+use quire_log::{partition_for, LogError, OpLog, Offset, Partition};
+use store::{Store, StoreError};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct FanoutConfig {
+    pub topics: Topics,
+    pub window: WindowPolicy,
+    /// Outbound frames queued per subscriber; overflow cuts it off with
+    /// `OVERLOADED` (it re-joins with `since` and misses nothing).
+    pub subscriber_queue: usize,
+    /// Idle documents kept in memory per partition.
+    pub max_idle_docs: usize,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        FanoutConfig {
+            topics: Topics::default(),
+            window: WindowPolicy::default(),
+            subscriber_queue: protocol::Limits::default().subscriber_queue,
+            max_idle_docs: 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("loading a document: {0}")]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Refused(#[from] ProtoError),
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    subscribers: IntGauge,
+    delivered: IntCounter,
+    overloaded: IntCounter,
+    docs: IntGauge,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Metrics {
+        let subscribers = IntGauge::new("quire_fanout_subscribers", "Live subscribers").unwrap();
+        let delivered = IntCounter::new("quire_fanout_ops_delivered_total", "Applied ops queued to subscribers").unwrap();
+        let overloaded = IntCounter::new(
+            "quire_fanout_subscribers_overloaded_total",
+            "Subscribers cut off because their queue overflowed",
+        )
+        .unwrap();
+        let docs = IntGauge::new("quire_fanout_docs_loaded", "Documents held in memory").unwrap();
+        let _ = registry.register(Box::new(subscribers.clone()));
+        let _ = registry.register(Box::new(delivered.clone()));
+        let _ = registry.register(Box::new(overloaded.clone()));
+        let _ = registry.register(Box::new(docs.clone()));
+        Metrics { subscribers, delivered, overloaded, docs }
+    }
+}
+
+/// A frame ready to send, shared by every subscriber it goes to.
+pub type Frame = Arc<str>;
+
+struct Sub {
+    id: u64,
+    client: String,
+    user: String,
+    tx: mpsc::Sender<Frame>,
+    kick: Option<oneshot::Sender<ErrorCode>>,
+    sent_presence: bool,
+}
+
+type WaitKey = (String, u64);
+
+struct Hub {
+    state: DocState,
+    subs: Vec<Sub>,
+    waiters: HashMap<WaitKey, Vec<oneshot::Sender<OutRecord>>>,
+}
+
+struct Part {
+    /// Next applied offset to consume; documents reflect everything below.
+    pos: Offset,
+    docs: HashMap<String, Hub>,
+}
+
+struct Inner {
+    config: FanoutConfig,
+    log: Arc<dyn OpLog>,
+    store: Arc<dyn Store>,
+    parts: Vec<Mutex<Part>>,
+    metrics: Metrics,
+    next_id: AtomicU64,
+}
+
+/// The fanout role. Cheap to clone.
+#[derive(Clone)]
+pub struct Fanout {
+    inner: Arc<Inner>,
+}
+
+/// A subscriber's view after `join`.
+pub struct Joined {
+    pub id: u64,
+    /// Snapshot or catch-up, then `ready`; send these first.
+    pub catchup: Vec<Frame>,
+    /// Live frames after `ready`.
+    pub rx: mpsc::Receiver<Frame>,
+    /// Fires when the subscriber is cut off (with the code to send).
+    pub kicked: oneshot::Receiver<ErrorCode>,
+    pub version: u64,
+}
+
+/// Result of registering for an op's outcome.
+pub enum Waited {
+    /// `(client, cseq)` was applied already: the original record.
+    AlreadyApplied(Box<AppliedRecord>),
+    /// Resolves with the op's applied or rejection record.
+    Pending(oneshot::Receiver<OutRecord>),
+}
+
+fn frame(msg: &ServerMsg) -> Frame {
+    Arc::from(msg.to_json())
+}
+
+impl Fanout {
+    /// Builds the fanout, starting each partition at the current end of the
+    /// applied topic (older state is loaded from store and log on demand).
+    pub async fn new(
+        config: FanoutConfig,
+        log: Arc<dyn OpLog>,
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+    ) -> Result<Fanout, FanoutError> {
+        let n = log.partitions(&config.topics.applied)?;
+        let mut parts = Vec::with_capacity(n as usize);
+        for p in 0..n {
+            let pos = log.high_watermark(&config.topics.applied, p).await?;
+            parts.push(Mutex::new(Part { pos, docs: HashMap::new() }));
+        }
+        Ok(Fanout {
+            inner: Arc::new(Inner { config, log, store, parts, metrics, next_id: AtomicU64::new(1) }),
+        })
+    }
+
+    fn partition(&self, doc: &str) -> Partition {
+        partition_for(doc, self.inner.parts.len() as u32)
+    }
+
+    fn sources(&self) -> Sources<'_> {
+        Sources {
+            log: self.inner.log.as_ref(),
+            store: self.inner.store.as_ref(),
+            topics: &self.inner.config.topics,
+            window: self.inner.config.window,
+        }
+    }
+
+    async fn hub<'a>(&self, part: &'a mut Part, doc: &str) -> Result<&'a mut Hub, FanoutError> {
+        if !part.docs.contains_key(doc) {
+            if part.docs.len() >= self.inner.config.max_idle_docs {
+                part.docs.retain(|_, h| !h.subs.is_empty() || !h.waiters.is_empty());
+            }
+            let state = load(self.sources(), doc, Some(part.pos), None).await?;
+            part.docs.insert(doc.to_owned(), Hub { state, subs: Vec::new(), waiters: HashMap::new() });
+            self.inner.metrics.docs.set(self.loaded_hint(part));
+        }
+        Ok(part.docs.get_mut(doc).expect("inserted above"))
+    }
+
+    fn loaded_hint(&self, part: &Part) -> i64 {
+        part.docs.len() as i64
+    }
+
+    /// Subscribes a client (SPEC §5 join): with a usable `since`, the applied
+    /// ops after it; otherwise a snapshot; then `ready`.
+    pub async fn join(&self, doc: &str, client: &str, user: &str, since: Option<u64>) -> Result<Joined, FanoutError> {
+        let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
+        let queue = self.inner.config.subscriber_queue;
+        let hub = self.hub(&mut part, doc).await?;
+        let state = &hub.state;
+        let mut catchup = Vec::new();
+        let caught_up = match since {
+            Some(s) if s <= state.version => match state.ops_after(s) {
+                Some(ops) => {
+                    catchup.extend(ops.map(|r| frame(&ServerMsg::applied(r))));
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        };
+        if !caught_up {
+            catchup.push(frame(&ServerMsg::Snapshot { seq: state.version, text: state.text.to_string() }));
+        }
+        catchup.push(frame(&ServerMsg::Ready { seq: state.version }));
+        let (tx, rx) = mpsc::channel(queue);
+        let (kick, kicked) = oneshot::channel();
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        hub.subs.push(Sub {
+            id,
+            client: client.to_owned(),
+            user: user.to_owned(),
+            tx,
+            kick: Some(kick),
+            sent_presence: false,
+        });
+        self.inner.metrics.subscribers.inc();
+        Ok(Joined { id, catchup, rx, kicked, version: hub.state.version })
+    }
+
+    /// Unsubscribes; tells the others the client left if it showed presence.
+    pub async fn leave(&self, doc: &str, id: u64) {
+        let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
+        let Some(hub) = part.docs.get_mut(doc) else { return };
+        let Some(i) = hub.subs.iter().position(|s| s.id == id) else { return };
+        let sub = hub.subs.swap_remove(i);
+        self.inner.metrics.subscribers.dec();
+        let still_here = hub.subs.iter().any(|s| s.client == sub.client);
+        if sub.sent_presence && !still_here {
+            let f = frame(&ServerMsg::Leave { client: sub.client.clone() });
+            for s in &hub.subs {
+                let _ = s.tx.try_send(f.clone());
+            }
+        }
+    }
+
+    /// Relays a presence update to the document's other subscribers. Presence
+    /// is ephemeral: a full queue drops it rather than cutting anyone off.
+    pub async fn presence(&self, doc: &str, id: u64, seq: u64, cursor: Option<Cursor>, meta: Option<serde_json::Value>) {
+        let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
+        let Some(hub) = part.docs.get_mut(doc) else { return };
+        let Some(me) = hub.subs.iter_mut().find(|s| s.id == id) else { return };
+        me.sent_presence = true;
+        let f = frame(&ServerMsg::Presence {
+            client: me.client.clone(),
+            user: me.user.clone(),
+            seq,
+            cursor,
+            meta,
+        });
+        for s in hub.subs.iter().filter(|s| s.id != id) {
+            let _ = s.tx.try_send(f.clone());
+        }
+    }
+
+    /// The binding and duplicate checks done before anything else about an
+    /// op (SPEC §7): `Ok(Some(seq))` when `(client, cseq)` was applied.
+    pub async fn check_op(&self, doc: &str, client: &str, cseq: u64, user: &str) -> Result<Option<u64>, FanoutError> {
+        let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
+        let hub = self.hub(&mut part, doc).await?;
+        match hub.state.clients.get(client) {
+            Some(e) if e.user != user => Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                format!("client id {client} belongs to another user"),
+            )
+            .into()),
+            Some(e) if cseq == e.cseq => Ok(Some(e.seq)),
+            Some(e) if cseq < e.cseq => {
+                let seq = find_applied(&hub.state, client, cseq).map(|r| r.seq);
+                match seq {
+                    Some(s) => Ok(Some(s)),
+                    None => Ok(self.find_in_store(doc, client, cseq).await?.map(|r| r.seq)),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Registers for the outcome of `(client, cseq)`, after the binding and
+    /// duplicate checks. Register before producing the op.
+    pub async fn wait_for(&self, doc: &str, client: &str, cseq: u64, user: &str) -> Result<Waited, FanoutError> {
+        let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
+        let hub = self.hub(&mut part, doc).await?;
+        if let Some(e) = hub.state.clients.get(client) {
+            if e.user != user {
+                return Err(ProtoError::new(ErrorCode::Forbidden, format!("client id {client} belongs to another user")).into());
+            }
+            if cseq <= e.cseq {
+                let found = match find_applied(&hub.state, client, cseq) {
+                    Some(r) => Some(r.clone()),
+                    None => self.find_in_store(doc, client, cseq).await?,
+                };
+                return match found {
+                    Some(r) => Ok(Waited::AlreadyApplied(Box::new(r))),
+                    None => Err(ProtoError::new(
+                        ErrorCode::Protocol,
+                        format!("cseq {cseq} of {client} was used before and its record is no longer kept"),
+                    )
+                    .into()),
+                };
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        hub.waiters.entry((client.to_owned(), cseq)).or_default().push(tx);
+        Ok(Waited::Pending(rx))
+    }
+
+    async fn find_in_store(&self, doc: &str, client: &str, cseq: u64) -> Result<Option<AppliedRecord>, FanoutError> {
+        let mut after = 0;
+        loop {
+            let page = self.inner.store.history(doc, after, 1000).await?;
+            let Some(last) = page.last() else { return Ok(None) };
+            after = last.seq;
+            if let Some(r) = page.into_iter().find(|r| r.client == client && r.cseq == cseq) {
+                return Ok(Some(r));
+            }
+        }
+    }
+
+    /// Current `(version, text)`, or the state at the last version `<= at`.
+    pub async fn read(&self, doc: &str, at: Option<u64>) -> Result<(u64, String), FanoutError> {
+        if let Some(at) = at {
+            let state = load(self.sources(), doc, None, Some(at)).await?;
+            return Ok((state.version, state.text.to_string()));
+        }
+        let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
+        let hub = self.hub(&mut part, doc).await?;
+        Ok((hub.state.version, hub.state.text.to_string()))
+    }
+
+    /// Applied records with `seq > after`, oldest first, at most `limit`.
+    pub async fn history(&self, doc: &str, after: u64, limit: usize) -> Result<Vec<AppliedRecord>, FanoutError> {
+        let mut out = self.inner.store.history(doc, after, limit).await?;
+        if out.len() < limit {
+            let from = out.last().map_or(after, |r| r.seq);
+            let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
+            let hub = self.hub(&mut part, doc).await?;
+            let want = limit - out.len();
+            let recent: Option<Vec<AppliedRecord>> =
+                hub.state.ops_after(from).map(|ops| ops.take(want).cloned().collect());
+            drop(part);
+            match recent {
+                Some(r) => out.extend(r),
+                None => {
+                    // The archive lags the window's floor: read the log directly.
+                    let state = load(self.sources(), doc, None, None).await?;
+                    let r: Vec<AppliedRecord> =
+                        state.ops_after(from).map(|ops| ops.take(want).cloned().collect()).unwrap_or_default();
+                    out.extend(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Consumes the applied topic until `shutdown`, one task per partition.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        for p in 0..self.inner.parts.len() as Partition {
+            let (me, shutdown) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                loop {
+                    match me.consume(p, &shutdown).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::error!(partition = p, error = %e, "fanout partition failed; restarting");
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn consume(&self, p: Partition, shutdown: &CancellationToken) -> Result<(), FanoutError> {
+        let topic = self.inner.config.topics.applied.clone();
+        loop {
+            let pos = self.inner.parts[p as usize].lock().await.pos;
+            let fetched = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                b = self.inner.log.fetch(&topic, p, pos, 500, Duration::from_millis(500)) => b,
+            };
+            let batch = match fetched {
+                Ok(b) => b,
+                Err(LogError::OffsetOutOfRange { log_start, .. }) => {
+                    // We fell behind truncation: forget the documents and cut
+                    // their subscribers off; they re-join and catch up.
+                    let mut part = self.inner.parts[p as usize].lock().await;
+                    tracing::warn!(partition = p, pos, log_start, "fanout fell behind truncation");
+                    for (_, hub) in part.docs.drain() {
+                        self.kick_all(hub.subs);
+                    }
+                    part.pos = log_start;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            let mut part = self.inner.parts[p as usize].lock().await;
+            if part.pos != pos {
+                continue; // reset under us; fetch again
+            }
+            for rec in batch {
+                part.pos = rec.offset + 1;
+                let Some(hub) = part.docs.get_mut(&rec.key) else { continue };
+                match decode_out_record(&rec.value) {
+                    Ok(OutRecord::Applied(a)) => self.deliver(hub, a),
+                    Ok(OutRecord::Rejected(r)) => self.reject(hub, r),
+                    Err(e) => tracing::error!(partition = p, offset = rec.offset, error = %e, "unreadable applied record skipped"),
+                }
+            }
+            let docs = &mut part.docs;
+            let broken: Vec<String> = docs.iter().filter(|(_, h)| h.state.doc.is_empty()).map(|(k, _)| k.clone()).collect();
+            for d in broken {
+                if let Some(hub) = docs.remove(&d) {
+                    self.kick_all(hub.subs);
+                }
+            }
+        }
+    }
+
+    fn kick_all(&self, subs: Vec<Sub>) {
+        for mut s in subs {
+            if let Some(k) = s.kick.take() {
+                let _ = k.send(ErrorCode::Overloaded);
+            }
+            self.inner.metrics.subscribers.dec();
+        }
+    }
+
+    fn deliver(&self, hub: &mut Hub, a: AppliedRecord) {
+        if a.seq <= hub.state.version {
+            return; // loaded from the log already
+        }
+        if let Err(e) = hub.state.apply_record(&a) {
+            // Broken invariant: drop the document (marked by an empty name)
+            // so it is reloaded, and cut its subscribers off.
+            tracing::error!(error = %e, "applied stream does not follow the document; reloading it");
+            hub.state.doc.clear();
+            return;
+        }
+        let f = frame(&ServerMsg::applied(&a));
+        let metrics = &self.inner.metrics;
+        hub.subs.retain_mut(|s| match s.tx.try_send(f.clone()) {
+            Ok(()) => {
+                metrics.delivered.inc();
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics.overloaded.inc();
+                metrics.subscribers.dec();
+                if let Some(k) = s.kick.take() {
+                    let _ = k.send(ErrorCode::Overloaded);
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                metrics.subscribers.dec();
+                false
+            }
+        });
+        if let Some(ws) = hub.waiters.remove(&(a.client.clone(), a.cseq)) {
+            let out = OutRecord::Applied(a);
+            for w in ws {
+                let _ = w.send(out.clone());
+            }
+        }
+    }
+
+    fn reject(&self, hub: &mut Hub, r: RejectedRecord) {
+        let err = ProtoError::new(r.code, r.message.clone());
+        let f = frame(&ServerMsg::op_error(&err, &r.client, r.cseq));
+        for s in hub.subs.iter().filter(|s| s.client == r.client) {
+            let _ = s.tx.try_send(f.clone());
+        }
+        if let Some(ws) = hub.waiters.remove(&(r.client.clone(), r.cseq)) {
+            let out = OutRecord::Rejected(r);
+            for w in ws {
+                let _ = w.send(out.clone());
+            }
+        }
+    }
+
+    /// Drops a waiter that gave up (HTTP timeout or disconnect).
+    pub async fn forget_waiter(&self, doc: &str, client: &str, cseq: u64) {
+        let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
+        if let Some(hub) = part.docs.get_mut(doc) {
+            if let Some(ws) = hub.waiters.get_mut(&(client.to_owned(), cseq)) {
+                ws.retain(|w| !w.is_closed());
+                if ws.is_empty() {
+                    hub.waiters.remove(&(client.to_owned(), cseq));
+                }
+            }
+        }
+    }
+
+    /// Whether log and store answer.
+    pub async fn ready(&self) -> bool {
+        self.inner.log.ping().await.is_ok() && self.inner.store.ping().await.is_ok()
+    }
+}
+
+fn find_applied<'a>(state: &'a DocState, client: &str, cseq: u64) -> Option<&'a AppliedRecord> {
+    state.window.iter().rev().find(|r| r.client == client && r.cseq == cseq)
+}
