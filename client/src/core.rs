@@ -1,0 +1,332 @@
+use ot::{Op, Side};
+use protocol::{ClientMsg, ErrorCode, ServerMsg};
+use ropey::Rope;
+
+/// The op in flight: sent, not yet acknowledged.
+#[derive(Debug, Clone)]
+struct Inflight {
+    cseq: u64,
+    /// The base it was sent with (kept for resends).
+    base: u64,
+    /// The op as sent (resends are byte-identical).
+    sent: Op,
+    /// The same op, rebased onto `server` as remote ops arrive.
+    op: Op,
+}
+
+/// A snapshot arrived while edits were pending: until the in-flight op's
+/// fate is known, local edits wait here.
+#[derive(Debug, Clone)]
+struct Rebase {
+    /// Server text the pending edits were made against.
+    old_server: String,
+    /// In-flight op relative to `old_server` (None if there was none).
+    inflight: Option<Op>,
+    /// Buffered edits relative to `old_server` + inflight.
+    buffer: Op,
+}
+
+/// What happened, for the application (and the tests).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CoreEvent {
+    /// Caught up and live at this version.
+    Ready(u64),
+    /// An applied op arrived (`own`: it acknowledges our in-flight op).
+    Applied { seq: u64, prev: u64, own: bool },
+    /// Our op `cseq` is known applied at `seq`.
+    Acked { cseq: u64, seq: u64 },
+    /// The server refused something; `retry_after_ms` when it may be retried.
+    Error { code: ErrorCode, message: String, cseq: Option<u64>, retry_after_ms: Option<u64> },
+    /// The applied stream skipped a version: reconnect with `since`.
+    Gap { expected_prev: u64, got_prev: u64 },
+    /// The client must re-join without `since` (STALE_BASE recovery).
+    RejoinFresh,
+}
+
+/// SPEC §4 client discipline, sans I/O. Feed it server messages and local
+/// edits; send what it puts in its outbox.
+#[derive(Debug, Clone)]
+pub struct ClientCore {
+    pub client_id: String,
+    /// Confirmed text at `version`.
+    server: Rope,
+    /// What the user sees: server + inflight + buffer.
+    local: Rope,
+    version: u64,
+    next_cseq: u64,
+    inflight: Option<Inflight>,
+    buffer: Op,
+    live: bool,
+    rebase: Option<Rebase>,
+    /// The next join must be without `since`.
+    fresh_join: bool,
+    outbox: Vec<ClientMsg>,
+}
+
+/// Splices `b` to look like `a`'s change into `b`: common prefix/suffix diff.
+fn diff(a: &str, b: &str) -> Op {
+    let (ac, bc): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let pre = ac.iter().zip(&bc).take_while(|(x, y)| x == y).count();
+    let max_suf = ac.len().min(bc.len()) - pre;
+    let suf = ac.iter().rev().zip(bc.iter().rev()).take(max_suf).take_while(|(x, y)| x == y).count();
+    let ins: String = bc[pre..bc.len() - suf].iter().collect();
+    Op::splice(pre, ac.len() - pre - suf, &ins)
+}
+
+/// Three-way merge: the op that brings `ours`' changes (relative to `base`)
+/// onto `theirs`. Their edits win ties; none of ours is dropped: our
+/// inserts always survive, our deletes survive where theirs left the text.
+pub fn three_way(base: &str, ours: &str, theirs: &str) -> Op {
+    let mine = diff(base, ours);
+    let other = diff(base, theirs);
+    ot::transform(&mine, &other, Side::Right)
+}
+
+impl ClientCore {
+    pub fn new(client_id: &str) -> ClientCore {
+        ClientCore {
+            client_id: client_id.to_owned(),
+            server: Rope::new(),
+            local: Rope::new(),
+            version: 0,
+            next_cseq: 1,
+            inflight: None,
+            buffer: Op::noop(),
+            live: false,
+            rebase: None,
+            fresh_join: false,
+            outbox: Vec::new(),
+        }
+    }
+
+    /// Continues a session at `next_cseq` (cseqs are never reused).
+    pub fn with_next_cseq(mut self, next_cseq: u64) -> Self {
+        self.next_cseq = next_cseq;
+        self
+    }
+
+    pub fn text(&self) -> String {
+        self.local.to_string()
+    }
+
+    pub fn server_text(&self) -> String {
+        self.server.to_string()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// Nothing in flight, nothing buffered, nothing being rebased.
+    pub fn is_settled(&self) -> bool {
+        self.inflight.is_none() && self.buffer.is_noop() && self.rebase.is_none()
+    }
+
+    pub fn inflight_cseq(&self) -> Option<u64> {
+        self.inflight.as_ref().map(|i| i.cseq)
+    }
+
+    pub fn take_outbox(&mut self) -> Vec<ClientMsg> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// The `hello` for a (re)connect. Call on every new connection.
+    pub fn hello(&mut self) -> ClientMsg {
+        self.live = false;
+        self.outbox.clear();
+        let since = if self.fresh_join { None } else { Some(self.version) };
+        ClientMsg::Hello { client: self.client_id.clone(), since }
+    }
+
+    /// The connection dropped.
+    pub fn disconnected(&mut self) {
+        self.live = false;
+        self.outbox.clear();
+    }
+
+    /// A local edit made on `text()`. Fails if the op does not fit it.
+    pub fn edit(&mut self, op: Op) -> Result<(), ot::OtError> {
+        ot::apply_rope(&mut self.local, &op)?;
+        if let Some(r) = &mut self.rebase {
+            r.buffer = ot::compose(&r.buffer, &op);
+        } else {
+            self.buffer = ot::compose(&self.buffer, &op);
+            self.flush();
+        }
+        Ok(())
+    }
+
+    /// Sends the buffer if nothing is in flight.
+    fn flush(&mut self) {
+        if !self.live || self.inflight.is_some() || self.buffer.is_noop() || self.rebase.is_some() {
+            return;
+        }
+        let op = std::mem::take(&mut self.buffer);
+        let cseq = self.next_cseq;
+        self.next_cseq += 1;
+        self.inflight = Some(Inflight { cseq, base: self.version, sent: op.clone(), op });
+        self.send_inflight();
+    }
+
+    fn send_inflight(&mut self) {
+        if let Some(i) = &self.inflight {
+            self.outbox.push(ClientMsg::Op {
+                client: self.client_id.clone(),
+                cseq: i.cseq,
+                base: i.base,
+                op: i.sent.clone(),
+            });
+        }
+    }
+
+    /// Handles one server message.
+    pub fn on_message(&mut self, msg: ServerMsg) -> Vec<CoreEvent> {
+        let mut ev = Vec::new();
+        match msg {
+            ServerMsg::Snapshot { seq, text } => {
+                let pending = self.inflight.is_some() || !self.buffer.is_noop();
+                if pending && self.rebase.is_none() {
+                    let old_server = self.server.to_string();
+                    let inflight = self.inflight.as_ref().map(|i| i.op.clone());
+                    self.rebase = Some(Rebase { old_server, inflight, buffer: std::mem::take(&mut self.buffer) });
+                }
+                self.server = Rope::from_str(&text);
+                self.version = seq;
+                if self.rebase.is_none() {
+                    self.local = self.server.clone();
+                }
+                self.fresh_join = false;
+            }
+            ServerMsg::Ready { seq } => {
+                self.live = true;
+                ev.push(CoreEvent::Ready(seq));
+                if self.inflight.is_some() {
+                    // Resend unchanged: same id, same base (SPEC §4).
+                    self.send_inflight();
+                } else if self.rebase.is_some() {
+                    self.finish_rebase(false);
+                } else {
+                    self.flush();
+                }
+            }
+            ServerMsg::Applied { seq, prev, client, cseq, op, .. } => {
+                if prev != self.version {
+                    ev.push(CoreEvent::Gap { expected_prev: self.version, got_prev: prev });
+                    return ev;
+                }
+                let own = client == self.client_id && self.inflight.as_ref().is_some_and(|i| i.cseq == cseq);
+                ot::apply_rope(&mut self.server, &op).expect("applied ops fit the server text");
+                self.version = seq;
+                ev.push(CoreEvent::Applied { seq, prev, own });
+                if own {
+                    self.inflight = None;
+                    ev.push(CoreEvent::Acked { cseq, seq });
+                    if self.rebase.is_some() {
+                        self.finish_rebase(true);
+                    } else {
+                        self.flush();
+                    }
+                } else if self.rebase.is_none() {
+                    let mut r = op;
+                    if let Some(i) = &mut self.inflight {
+                        let r2 = ot::transform(&r, &i.op, Side::Left);
+                        i.op = ot::transform(&i.op, &r, Side::Right);
+                        r = r2;
+                    }
+                    let r2 = ot::transform(&r, &self.buffer, Side::Left);
+                    self.buffer = ot::transform(&self.buffer, &r, Side::Right);
+                    ot::apply_rope(&mut self.local, &r2).expect("rebased remote op fits the local text");
+                }
+            }
+            ServerMsg::Ack { cseq, seq, .. } => {
+                if self.inflight.as_ref().is_some_and(|i| i.cseq == cseq) {
+                    self.inflight = None;
+                    ev.push(CoreEvent::Acked { cseq, seq });
+                    if self.rebase.is_some() {
+                        self.finish_rebase(true);
+                    } else {
+                        // Applied before our version: the text has it already.
+                        self.flush();
+                    }
+                }
+            }
+            ServerMsg::Error { code, message, cseq, retry_after_ms, .. } => {
+                let ours = cseq.is_some() && cseq == self.inflight_cseq();
+                ev.push(CoreEvent::Error { code, message, cseq, retry_after_ms });
+                if ours {
+                    match code {
+                        ErrorCode::RateLimited | ErrorCode::Overloaded => {
+                            // Not taken: the caller resends after retry_after_ms.
+                        }
+                        ErrorCode::StaleBase => {
+                            let i = self.inflight.take().expect("ours");
+                            if self.rebase.is_some() {
+                                // We hold a fresh snapshot already: merge now.
+                                self.finish_rebase(false);
+                            } else {
+                                // Keep the edits; re-join fresh, then merge them.
+                                self.rebase = Some(Rebase {
+                                    old_server: self.server.to_string(),
+                                    inflight: Some(i.op),
+                                    buffer: std::mem::take(&mut self.buffer),
+                                });
+                                self.fresh_join = true;
+                                ev.push(CoreEvent::RejoinFresh);
+                            }
+                        }
+                        _ => {
+                            // Refused for good (INVALID_OP, TOO_LARGE, …): the
+                            // op's own change is dropped, later edits are kept.
+                            let i = self.inflight.take().expect("ours");
+                            if let Some(r) = &mut self.rebase {
+                                if let Some(op) = r.inflight.take() {
+                                    r.old_server = ot::apply(&r.old_server, &op).expect("inflight fits");
+                                }
+                                self.finish_rebase(false);
+                            } else {
+                                let base = ot::apply(&self.server.to_string(), &i.op).expect("inflight fits");
+                                self.buffer = three_way(&base, &self.local.to_string(), &self.server.to_string());
+                                let mut local = self.server.clone();
+                                ot::apply_rope(&mut local, &self.buffer).expect("merged op fits");
+                                self.local = local;
+                                self.flush();
+                            }
+                        }
+                    }
+                }
+            }
+            ServerMsg::Presence { .. } | ServerMsg::Leave { .. } | ServerMsg::Pong => {}
+        }
+        ev
+    }
+
+    /// Resend the in-flight op (after RATE_LIMITED / OVERLOADED).
+    pub fn resend(&mut self) {
+        if self.live {
+            self.send_inflight();
+        }
+    }
+
+    /// After a snapshot: merges the pending edits onto the fresh server text.
+    /// `inflight_applied`: the in-flight op is part of the server text.
+    fn finish_rebase(&mut self, inflight_applied: bool) {
+        let Some(r) = self.rebase.take() else { return };
+        let with_inflight = match &r.inflight {
+            Some(i) => ot::apply(&r.old_server, i).expect("inflight fits old server text"),
+            None => r.old_server.clone(),
+        };
+        let ours = ot::apply(&with_inflight, &r.buffer).expect("buffer fits");
+        let base = if inflight_applied { with_inflight } else { r.old_server };
+        let theirs = self.server.to_string();
+        let pending = three_way(&base, &ours, &theirs);
+        self.buffer = pending;
+        let mut local = self.server.clone();
+        ot::apply_rope(&mut local, &self.buffer).expect("merged op fits the server text");
+        self.local = local;
+        self.flush();
+    }
+}

@@ -1,0 +1,107 @@
+use std::sync::Arc;
+
+use ot::Op;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use protocol::{now_ms, ErrorCode, Limits, ProtoError, RawRecord, RECORD_VERSION};
+use quire_log::OpLog;
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub produced: IntCounter,
+    pub produce_seconds: Histogram,
+    pub errors: IntCounterVec,
+    pub connections: IntGauge,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Metrics {
+        let produced = IntCounter::new("quire_ingest_ops_produced_total", "Raw ops produced to the log").unwrap();
+        let produce_seconds = Histogram::with_opts(
+            HistogramOpts::new("quire_ingest_produce_seconds", "Time to produce one raw op durably")
+                .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0]),
+        )
+        .unwrap();
+        let errors = IntCounterVec::new(
+            Opts::new("quire_ingest_errors_total", "Errors sent to clients, by code"),
+            &["code"],
+        )
+        .unwrap();
+        let connections = IntGauge::new("quire_ingest_connections", "Open WebSocket connections").unwrap();
+        let _ = registry.register(Box::new(produced.clone()));
+        let _ = registry.register(Box::new(produce_seconds.clone()));
+        let _ = registry.register(Box::new(errors.clone()));
+        let _ = registry.register(Box::new(connections.clone()));
+        Metrics { produced, produce_seconds, errors, connections }
+    }
+}
+
+/// The ingest role: checks and produces raw ops.
+#[derive(Clone)]
+pub struct Ingest {
+    log: Arc<dyn OpLog>,
+    topic: String,
+    limits: Limits,
+    metrics: Metrics,
+}
+
+impl Ingest {
+    pub fn new(log: Arc<dyn OpLog>, topic: String, limits: Limits, metrics: Metrics) -> Ingest {
+        Ingest { log, topic, limits, metrics }
+    }
+
+    /// Limits on the op itself (after the duplicate check).
+    pub fn check(&self, op: &Op) -> Result<(), ProtoError> {
+        let bytes = op.inserted_bytes();
+        if bytes > self.limits.max_insert_bytes {
+            return Err(ProtoError::new(
+                ErrorCode::TooLarge,
+                format!("op inserts {bytes} bytes, the limit is {}", self.limits.max_insert_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Produces the raw record durably; returns its seq (offset + 1).
+    pub async fn submit(
+        &self,
+        doc: &str,
+        user: &str,
+        client: &str,
+        cseq: u64,
+        base: u64,
+        op: Op,
+    ) -> Result<u64, ProtoError> {
+        self.check(&op)?;
+        let rec = RawRecord {
+            v: RECORD_VERSION,
+            doc: doc.to_owned(),
+            client: client.to_owned(),
+            cseq,
+            base,
+            op,
+            user: user.to_owned(),
+            ts: now_ms(),
+        };
+        let timer = self.metrics.produce_seconds.start_timer();
+        let out = self.log.produce(&self.topic, vec![(doc.to_owned(), rec.encode())]).await;
+        timer.observe_duration();
+        match out {
+            Ok(o) => {
+                self.metrics.produced.inc();
+                Ok(o[0].1 + 1)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "produce failed");
+                Err(ProtoError::new(ErrorCode::Overloaded, format!("the log did not take the op: {e}")))
+            }
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}

@@ -1,0 +1,18 @@
+//! Quire's gateway: the ingest role plus the WebSocket and HTTP front door.
+//!
+//! Ingest authenticates, checks shape and limits, stamps `user` and `ts`
+//! and produces one raw record per op to `quire.ops` (SPEC §1). It never
+//! transforms and never answers an op itself: acks come back through the
+//! log, the transformer and fanout, exactly as with Kafka.
+//!
+//! Only this crate (and fanout's frames) knows WebSocket and JSON framing.
+
+mod auth;
+mod http;
+mod ingest;
+mod ratelimit;
+mod ws;
+
+pub use auth::{Auth, Claims, Principal, Role};
+pub use http::{router, Gateway};
+pub use ingest::{Ingest, Metrics};

@@ -1,0 +1,252 @@
+//! One WebSocket connection: hello/join, ops, presence, ping (SPEC §5).
+
+use std::collections::HashMap;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use fanout::Joined;
+use protocol::{ClientMsg, ErrorCode, ProtoError, ServerMsg};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::http::{fanout_error, ws_upgrade_limits, Gateway};
+use crate::ratelimit::TokenBucket;
+use crate::Principal;
+
+pub(crate) async fn upgrade(
+    State(gw): State<Gateway>,
+    Path(doc): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let admitted = gw.admit(&doc, &headers, &query);
+    let max = gw.ingest.limits().max_frame_bytes;
+    ws_upgrade_limits(ws, max).on_upgrade(move |socket| async move {
+        let metrics = gw.ingest.metrics().connections.clone();
+        metrics.inc();
+        let limits = gw.ingest.limits().clone();
+        let conn = Conn {
+            gw,
+            doc,
+            socket,
+            joined: None,
+            ops: TokenBucket::new(limits.ops_per_sec, limits.ops_burst),
+            presence: TokenBucket::new(limits.presence_per_sec, limits.presence_per_sec * 2.0),
+        };
+        conn.run(admitted).await;
+        metrics.dec();
+    })
+}
+
+struct Live {
+    id: u64,
+    client: String,
+    rx: mpsc::Receiver<fanout::Frame>,
+    kicked: oneshot::Receiver<ErrorCode>,
+}
+
+struct Conn {
+    gw: Gateway,
+    doc: String,
+    socket: WebSocket,
+    joined: Option<Live>,
+    ops: TokenBucket,
+    presence: TokenBucket,
+}
+
+/// Whether the connection goes on after a message.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Close codes: 1008 policy violation (auth), 1013 try again later (overload).
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TRY_AGAIN: u16 = 1013;
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+impl Conn {
+    async fn send(&mut self, msg: &ServerMsg) -> Result<(), ()> {
+        if let ServerMsg::Error { code, .. } = msg {
+            self.gw.ingest.metrics().errors.with_label_values(&[code.as_str()]).inc();
+        }
+        self.socket.send(Message::Text(msg.to_json().into())).await.map_err(|_| ())
+    }
+
+    async fn send_frame(&mut self, f: &str) -> Result<(), ()> {
+        self.socket.send(Message::Text(f.into())).await.map_err(|_| ())
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        let _ = self
+            .socket
+            .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
+            .await;
+    }
+
+    async fn run(mut self, admitted: Result<Principal, ProtoError>) {
+        let who = match admitted {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = self.send(&ServerMsg::error(&e)).await;
+                self.close(CLOSE_POLICY, e.code.as_str()).await;
+                return;
+            }
+        };
+        let shutdown = self.gw.shutdown.clone();
+        loop {
+            let live = self.joined.as_mut();
+            let (rx, kicked) = match live {
+                Some(l) => (Some(&mut l.rx), Some(&mut l.kicked)),
+                None => (None, None),
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.close(CLOSE_GOING_AWAY, "server shutting down").await;
+                    break;
+                }
+                code = async { kicked.expect("guarded").await }, if kicked.is_some() => {
+                    let code = code.unwrap_or(ErrorCode::Overloaded);
+                    let e = ProtoError::new(code, "too far behind: reconnect and re-join with since");
+                    let _ = self.send(&ServerMsg::error(&e)).await;
+                    self.close(CLOSE_TRY_AGAIN, code.as_str()).await;
+                    break;
+                }
+                f = async { rx.expect("guarded").recv().await }, if rx.is_some() => {
+                    match f {
+                        Some(f) => if self.send_frame(&f).await.is_err() { break },
+                        None => {
+                            let e = ProtoError::new(ErrorCode::Overloaded, "subscription ended: re-join with since");
+                            let _ = self.send(&ServerMsg::error(&e)).await;
+                            self.close(CLOSE_TRY_AGAIN, "OVERLOADED").await;
+                            break;
+                        }
+                    }
+                }
+                m = self.socket.recv() => match m {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(t))) => {
+                        if let Flow::Close = self.handle(&who, t.as_str()).await { break }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let e = ProtoError::new(ErrorCode::BadMessage, "binary frames are not part of the protocol; send JSON text");
+                        if self.send(&ServerMsg::error(&e)).await.is_err() { break }
+                    }
+                    Some(Ok(_)) => {} // ping/pong: answered by the library
+                },
+            }
+        }
+        if let Some(l) = self.joined.take() {
+            self.gw.fanout.leave(&self.doc, l.id).await;
+        }
+    }
+
+    async fn handle(&mut self, who: &Principal, text: &str) -> Flow {
+        let max = self.gw.ingest.limits().max_frame_bytes;
+        let sent = if text.len() > max {
+            let e = ProtoError::new(ErrorCode::TooLarge, format!("frame is over {max} bytes"));
+            self.send(&ServerMsg::error(&e)).await
+        } else {
+            match ClientMsg::parse(text) {
+                Err(e) => self.send(&ServerMsg::error(&e)).await,
+                Ok(msg) => self.dispatch(who, msg).await,
+            }
+        };
+        match sent {
+            Ok(()) => Flow::Continue,
+            Err(()) => Flow::Close,
+        }
+    }
+
+    async fn dispatch(&mut self, who: &Principal, msg: ClientMsg) -> Result<(), ()> {
+        match msg {
+            ClientMsg::Ping => self.send(&ServerMsg::Pong).await,
+            ClientMsg::Hello { client, since } => {
+                if self.joined.is_some() {
+                    let e = ProtoError::new(ErrorCode::Protocol, "hello was already sent on this connection");
+                    return self.send(&ServerMsg::error(&e)).await;
+                }
+                match self.gw.fanout.join(&self.doc, &client, &who.user, since).await {
+                    Ok(Joined { id, catchup, rx, kicked, .. }) => {
+                        self.joined = Some(Live { id, client, rx, kicked });
+                        for f in catchup {
+                            self.send_frame(&f).await?;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => self.send(&ServerMsg::error(&fanout_error(e))).await,
+                }
+            }
+            ClientMsg::Op { client, cseq, base, op } => {
+                let refusal = |e: ProtoError| ServerMsg::op_error(&e, &client, cseq);
+                let Some(live) = &self.joined else {
+                    let e = ProtoError::new(ErrorCode::Protocol, "op before hello");
+                    return self.send(&refusal(e)).await;
+                };
+                if live.client != client {
+                    let e = ProtoError::new(ErrorCode::Protocol, format!("op from {client} on a connection that said hello as {}", live.client));
+                    return self.send(&refusal(e)).await;
+                }
+                if let Err(e) = who.check_write() {
+                    return self.send(&refusal(e)).await;
+                }
+                // Binding and duplicate checks before anything else about the op.
+                match self.gw.fanout.check_op(&self.doc, &client, cseq, &who.user).await {
+                    Ok(Some(seq)) => {
+                        return self.send(&ServerMsg::Ack { client, cseq, seq, dup: true }).await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return self.send(&refusal(fanout_error(e))).await,
+                }
+                if let Err(wait) = self.ops.take() {
+                    let e = ProtoError::new(ErrorCode::RateLimited, "too many ops; resend this op later");
+                    let msg = ServerMsg::Error {
+                        code: e.code,
+                        message: e.message,
+                        client: Some(client),
+                        cseq: Some(cseq),
+                        retry_after_ms: Some(wait),
+                    };
+                    return self.send(&msg).await;
+                }
+                match self.gw.ingest.submit(&self.doc, &who.user, &client, cseq, base, op).await {
+                    // The ack is the applied op, arriving through fanout.
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        let retry = (e.code == ErrorCode::Overloaded).then_some(500);
+                        let msg = ServerMsg::Error {
+                            code: e.code,
+                            message: e.message,
+                            client: Some(client),
+                            cseq: Some(cseq),
+                            retry_after_ms: retry,
+                        };
+                        self.send(&msg).await
+                    }
+                }
+            }
+            ClientMsg::Presence { seq, cursor, meta } => {
+                let Some(live) = &self.joined else {
+                    let e = ProtoError::new(ErrorCode::Protocol, "presence before hello");
+                    return self.send(&ServerMsg::error(&e)).await;
+                };
+                let id = live.id;
+                if let Err(wait) = self.presence.take() {
+                    let msg = ServerMsg::Error {
+                        code: ErrorCode::RateLimited,
+                        message: "too many presence updates".into(),
+                        client: None,
+                        cseq: None,
+                        retry_after_ms: Some(wait),
+                    };
+                    return self.send(&msg).await;
+                }
+                self.gw.fanout.presence(&self.doc, id, seq, cursor, meta).await;
+                Ok(())
+            }
+        }
+    }
+}

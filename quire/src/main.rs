@@ -1,0 +1,172 @@
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use doc::WindowPolicy;
+use protocol::Limits;
+use quire::ServeConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "quire", version, about = "Quire: a real-time collaborative plain-text editing backend")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every role (ingest, transformer, fanout, compactor) in one process
+    /// on the embedded log and store.
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "QUIRE_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Folder of the embedded log and store.
+    #[arg(long, env = "QUIRE_DATA", default_value = "./quire-data")]
+    data: PathBuf,
+    /// HS256 secret for JWTs; without it the server runs open (loopback only).
+    #[arg(long, env = "QUIRE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Allow running open (no secret) on a non-loopback address.
+    #[arg(long, env = "QUIRE_INSECURE")]
+    insecure: bool,
+    /// Kafka-compatible brokers. Not in this build yet: the embedded log is used.
+    #[arg(long, env = "QUIRE_KAFKA")]
+    kafka: Option<String>,
+    /// ScyllaDB nodes. Not in this build yet: the embedded store is used.
+    #[arg(long, env = "QUIRE_SCYLLA")]
+    scylla: Option<String>,
+    /// Partitions of the ops and applied topics (fixed once created).
+    #[arg(long, env = "QUIRE_PARTITIONS", default_value_t = 8)]
+    partitions: u32,
+    /// Prefix of the topic names.
+    #[arg(long, env = "QUIRE_TOPIC_PREFIX", default_value = "quire.")]
+    topic_prefix: String,
+    /// Largest WebSocket frame or HTTP body, bytes.
+    #[arg(long, env = "QUIRE_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    max_frame_bytes: usize,
+    /// Largest insert of one op, bytes.
+    #[arg(long, env = "QUIRE_MAX_INSERT_BYTES", default_value_t = 256 << 10)]
+    max_insert_bytes: usize,
+    /// Largest document, bytes.
+    #[arg(long, env = "QUIRE_MAX_DOC_BYTES", default_value_t = 64 << 20)]
+    max_doc_bytes: usize,
+    /// Ops per second per connection.
+    #[arg(long, env = "QUIRE_OPS_PER_SEC", default_value_t = 200.0)]
+    ops_per_sec: f64,
+    /// Op burst per connection.
+    #[arg(long, env = "QUIRE_OPS_BURST", default_value_t = 400.0)]
+    ops_burst: f64,
+    /// Presence updates per second per connection.
+    #[arg(long, env = "QUIRE_PRESENCE_PER_SEC", default_value_t = 30.0)]
+    presence_per_sec: f64,
+    /// Outbound frames queued per subscriber before it is cut off (OVERLOADED).
+    #[arg(long, env = "QUIRE_SUBSCRIBER_QUEUE", default_value_t = 1024)]
+    subscriber_queue: usize,
+    /// Ops a document keeps for transforming old bases (at least).
+    #[arg(long, env = "QUIRE_WINDOW_OPS", default_value_t = 10_000)]
+    window_ops: usize,
+    /// Milliseconds of a document's history kept for transforming old bases (at least).
+    #[arg(long, env = "QUIRE_WINDOW_MS", default_value_t = 600_000)]
+    window_ms: i64,
+    /// A document gets a snapshot every this many of its ops.
+    #[arg(long, env = "QUIRE_SNAPSHOT_EVERY", default_value_t = 1000)]
+    snapshot_every: u64,
+    /// Records each topic partition keeps after truncation (retention margin).
+    #[arg(long, env = "QUIRE_RETAIN_RECORDS", default_value_t = 10_000)]
+    retain_records: u64,
+    /// Milliseconds between truncations.
+    #[arg(long, env = "QUIRE_TRUNCATE_EVERY_MS", default_value_t = 5000)]
+    truncate_every_ms: u64,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<ServeConfig> {
+        if self.kafka.is_some() || self.scylla.is_some() {
+            anyhow::bail!(
+                "--kafka and --scylla are not available in this build yet; run without them to use the embedded log and store"
+            );
+        }
+        let limits = Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_insert_bytes: self.max_insert_bytes,
+            max_doc_bytes: self.max_doc_bytes,
+            ops_per_sec: self.ops_per_sec,
+            ops_burst: self.ops_burst,
+            presence_per_sec: self.presence_per_sec,
+            subscriber_queue: self.subscriber_queue,
+        };
+        let config = ServeConfig {
+            addr: self.addr,
+            data: self.data,
+            jwt_secret: self.jwt_secret.filter(|s| !s.is_empty()),
+            insecure: self.insecure,
+            partitions: self.partitions,
+            topic_prefix: self.topic_prefix,
+            limits,
+            window: WindowPolicy { min_ops: self.window_ops, min_age_ms: self.window_ms },
+            snapshot_every: self.snapshot_every,
+            retain_records: self.retain_records,
+            truncate_every: Duration::from_millis(self.truncate_every_ms),
+            grace: Duration::from_secs(5),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUIRE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.cmd {
+        Cmd::Serve(args) => rt.block_on(serve(args.into_config()?)),
+    }
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("binding {}", config.addr))?;
+    let local = listener.local_addr()?;
+    if config.jwt_secret.is_none() {
+        println!("quire: OPEN mode (no QUIRE_JWT_SECRET): every request acts as user 'anonymous'");
+    }
+    println!("quire listening on http://{local} (data in {})", config.data.display());
+    std::io::stdout().flush()?;
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        s.cancel();
+    });
+    quire::run(config, listener, shutdown).await
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
