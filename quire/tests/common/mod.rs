@@ -1,0 +1,151 @@
+//! Test harness: a real `quire serve` process on port 0, a tiny HTTP client,
+//! and token minting.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub data: PathBuf,
+    args: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts `quire serve` on a fresh data folder with extra flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let mut s = Server::spawn(&data, extra.iter().map(|s| s.to_string()).collect(), vec![]);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut s = Server::spawn(&data, extra.iter().map(|s| s.to_string()).collect(), env);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    fn spawn(data: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Server {
+        let (child, addr) = launch(data, &args, &env);
+        Server { child, addr, data: data.to_owned(), args, _tmp: None }
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// `kill -9`, then a new process on the same data folder.
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+        let (child, addr) = launch(&self.data, &self.args, &[]);
+        self.child = child;
+        self.addr = addr;
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        http(&self.addr, "GET", path, None, None)
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> (u16, serde_json::Value) {
+        http(&self.addr, "POST", path, Some(body), None)
+    }
+}
+
+fn launch(data: &Path, args: &[String], env: &[(String, String)]) -> (Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quire"));
+    cmd.arg("serve").arg("--addr").arg("127.0.0.1:0").arg("--data").arg(data);
+    cmd.args(args);
+    cmd.env_remove("QUIRE_JWT_SECRET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env("QUIRE_LOG", "warn");
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("spawn quire");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("quire exited before listening").unwrap();
+        if let Some(rest) = line.strip_prefix("quire listening on http://") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the body parsed as JSON
+/// (or a JSON string holding the raw text).
+pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.unwrap_or("");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status: u16 = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let rest = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_owned() };
+    let json = serde_json::from_str(&rest).unwrap_or(serde_json::Value::String(rest));
+    (status, json)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+pub fn token(secret: &str, sub: &str, docs: &[&str], role: &str, exp_from_now: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = serde_json::json!({ "sub": sub, "docs": docs, "role": role, "exp": now + exp_from_now });
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())).unwrap()
+}
+
+/// A tiny seeded PRNG for tests.
+pub fn random_edit(r: &mut ot::SplitMix64, text: &str) -> ot::Op {
+    let len = text.chars().count();
+    let pos = r.below(len as u64 + 1) as usize;
+    if len > 0 && r.chance(1, 3) {
+        let del = 1 + r.below((len - pos).clamp(1, 4) as u64) as usize;
+        let del = del.min(len - pos);
+        ot::Op::splice(pos, del, "")
+    } else {
+        let words = ["a", "bc", "é", "中文", "😀", " ", "\n", "xyz"];
+        let w: &str = *r.pick(&words[..]);
+        ot::Op::splice(pos, 0, w)
+    }
+}
