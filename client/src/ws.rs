@@ -82,6 +82,12 @@ impl Client {
         self.pump_until(Duration::from_secs(30), "ready", |c| c.core.is_live()).await
     }
 
+    /// Points the client at another server address (`ws://host:port`),
+    /// keeping its state; the next `join` goes there.
+    pub fn retarget(&mut self, base: &str, doc: &str) {
+        self.url = format!("{base}/v1/docs/{doc}/ws");
+    }
+
     pub fn disconnect(&mut self) {
         self.ws = None;
         self.core.disconnected();

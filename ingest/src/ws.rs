@@ -79,11 +79,21 @@ impl Conn {
         self.socket.send(Message::Text(f.into())).await.map_err(|_| ())
     }
 
+    /// Sends a close frame and waits briefly for the peer's, so the client
+    /// reads our last messages instead of a connection reset.
     async fn close(&mut self, code: u16, reason: &str) {
-        let _ = self
-            .socket
-            .send(Message::Close(Some(CloseFrame { code, reason: reason.into() })))
-            .await;
+        let frame = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+        if self.socket.send(frame).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while let Some(Ok(m)) = self.socket.recv().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     async fn run(mut self, admitted: Result<Principal, ProtoError>) {

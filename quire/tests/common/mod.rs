@@ -70,7 +70,7 @@ fn launch(data: &Path, args: &[String], env: &[(String, String)]) -> (Child, Str
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.env("QUIRE_LOG", "warn");
+    cmd.env("QUIRE_LOG", "error");
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("spawn quire");
     let stdout = child.stdout.take().unwrap();
