@@ -195,22 +195,7 @@ impl Fanout {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
         let queue = self.inner.config.subscriber_queue;
         let hub = self.hub(&mut part, doc).await?;
-        let state = &hub.state;
-        let mut catchup = Vec::new();
-        let caught_up = match since {
-            Some(s) if s <= state.version => match state.ops_after(s) {
-                Some(ops) => {
-                    catchup.extend(ops.map(|r| frame(&ServerMsg::applied(r))));
-                    true
-                }
-                None => false,
-            },
-            _ => false,
-        };
-        if !caught_up {
-            catchup.push(frame(&ServerMsg::Snapshot { seq: state.version, text: state.text.to_string() }));
-        }
-        catchup.push(frame(&ServerMsg::Ready { seq: state.version }));
+        let catchup = join_messages(&hub.state, since).iter().map(frame).collect();
         let (tx, rx) = mpsc::channel(queue);
         let (kick, kicked) = oneshot::channel();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -266,21 +251,11 @@ impl Fanout {
     pub async fn check_op(&self, doc: &str, client: &str, cseq: u64, user: &str) -> Result<Option<u64>, FanoutError> {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
         let hub = self.hub(&mut part, doc).await?;
-        match hub.state.clients.get(client) {
-            Some(e) if e.user != user => Err(ProtoError::new(
-                ErrorCode::Forbidden,
-                format!("client id {client} belongs to another user"),
-            )
-            .into()),
-            Some(e) if cseq == e.cseq => Ok(Some(e.seq)),
-            Some(e) if cseq < e.cseq => {
-                let seq = find_applied(&hub.state, client, cseq).map(|r| r.seq);
-                match seq {
-                    Some(s) => Ok(Some(s)),
-                    None => Ok(self.find_in_store(doc, client, cseq).await?.map(|r| r.seq)),
-                }
-            }
-            _ => Ok(None),
+        match dedup_check(&hub.state, client, cseq, user)? {
+            Dedup::New => Ok(None),
+            Dedup::Applied(r) => Ok(Some(r.seq)),
+            Dedup::Forgotten { seq: Some(seq) } => Ok(Some(seq)),
+            Dedup::Forgotten { seq: None } => Ok(self.find_in_store(doc, client, cseq, None).await?.map(|r| r.seq)),
         }
     }
 
@@ -289,23 +264,20 @@ impl Fanout {
     pub async fn wait_for(&self, doc: &str, client: &str, cseq: u64, user: &str) -> Result<Waited, FanoutError> {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
         let hub = self.hub(&mut part, doc).await?;
-        if let Some(e) = hub.state.clients.get(client) {
-            if e.user != user {
-                return Err(ProtoError::new(ErrorCode::Forbidden, format!("client id {client} belongs to another user")).into());
-            }
-            if cseq <= e.cseq {
-                let found = match find_applied(&hub.state, client, cseq) {
-                    Some(r) => Some(r.clone()),
-                    None => self.find_in_store(doc, client, cseq).await?,
-                };
-                return match found {
-                    Some(r) => Ok(Waited::AlreadyApplied(Box::new(r))),
-                    None => Err(ProtoError::new(
-                        ErrorCode::Protocol,
-                        format!("cseq {cseq} of {client} was used before and its record is no longer kept"),
-                    )
-                    .into()),
-                };
+        let found = match dedup_check(&hub.state, client, cseq, user)? {
+            Dedup::New => None,
+            Dedup::Applied(r) => Some(Some(r.clone())),
+            Dedup::Forgotten { seq } => Some(self.find_in_store(doc, client, cseq, seq).await?),
+        };
+        match found {
+            None => {}
+            Some(Some(r)) => return Ok(Waited::AlreadyApplied(Box::new(r))),
+            Some(None) => {
+                return Err(ProtoError::new(
+                    ErrorCode::Protocol,
+                    format!("cseq {cseq} of {client} was used before and its record is no longer kept"),
+                )
+                .into())
             }
         }
         let (tx, rx) = oneshot::channel();
@@ -313,7 +285,19 @@ impl Fanout {
         Ok(Waited::Pending(rx))
     }
 
-    async fn find_in_store(&self, doc: &str, client: &str, cseq: u64) -> Result<Option<AppliedRecord>, FanoutError> {
+    async fn find_in_store(
+        &self,
+        doc: &str,
+        client: &str,
+        cseq: u64,
+        seq: Option<u64>,
+    ) -> Result<Option<AppliedRecord>, FanoutError> {
+        if let Some(seq) = seq {
+            let hit = self.inner.store.history(doc, seq - 1, 1).await?;
+            if let Some(r) = hit.into_iter().find(|r| r.seq == seq) {
+                return Ok(Some(r));
+            }
+        }
         let mut after = 0;
         loop {
             let page = self.inner.store.history(doc, after, 1000).await?;
@@ -516,4 +500,51 @@ impl Fanout {
 
 fn find_applied<'a>(state: &'a DocState, client: &str, cseq: u64) -> Option<&'a AppliedRecord> {
     state.window.iter().rev().find(|r| r.client == client && r.cseq == cseq)
+}
+
+/// What a join sends (SPEC §5): with a `since` the window still covers, the
+/// applied ops after it; otherwise a snapshot of the current state; then
+/// `ready`. Pure, so the simulation tests use exactly this.
+pub fn join_messages(state: &DocState, since: Option<u64>) -> Vec<ServerMsg> {
+    let mut out = Vec::new();
+    let caught_up = match since {
+        Some(s) if s <= state.version => match state.ops_after(s) {
+            Some(ops) => {
+                out.extend(ops.map(ServerMsg::applied));
+                true
+            }
+            None => false,
+        },
+        _ => false,
+    };
+    if !caught_up {
+        out.push(ServerMsg::Snapshot { seq: state.version, text: state.text.to_string() });
+    }
+    out.push(ServerMsg::Ready { seq: state.version });
+    out
+}
+
+/// The outcome of the duplicate check on `(client, cseq)`.
+pub enum Dedup<'a> {
+    /// Not applied (as far as this state knows).
+    New,
+    /// Applied: the record.
+    Applied(&'a AppliedRecord),
+    /// Applied long ago: only the archive still has the record; its seq is
+    /// known when it was the client's latest op.
+    Forgotten { seq: Option<u64> },
+}
+
+/// The clientId binding check, then the duplicate check (SPEC §4, §7).
+pub fn dedup_check<'a>(state: &'a DocState, client: &str, cseq: u64, user: &str) -> Result<Dedup<'a>, ProtoError> {
+    match state.clients.get(client) {
+        Some(e) if e.user != user => {
+            Err(ProtoError::new(ErrorCode::Forbidden, format!("client id {client} belongs to another user")))
+        }
+        Some(e) if cseq <= e.cseq => Ok(match find_applied(state, client, cseq) {
+            Some(r) => Dedup::Applied(r),
+            None => Dedup::Forgotten { seq: (cseq == e.cseq).then_some(e.seq) },
+        }),
+        _ => Ok(Dedup::New),
+    }
 }
