@@ -32,8 +32,6 @@ const PRODUCERS: TableDefinition<(&str, u32, &str), (u64, u64, u64)> =
 const MAX_GROUP: usize = 512;
 /// Bounded writer queue.
 const QUEUE: usize = 1024;
-/// Transient storage errors retried by the producer with the same sequence.
-const PRODUCE_RETRIES: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedLogConfig {
@@ -53,10 +51,18 @@ struct Inner {
     db: Arc<Database>,
     topics: HashMap<String, Vec<PartState>>,
     tx: mpsc::Sender<WriteReq>,
-    producer_id: String,
-    /// The idempotent producer's next sequence per partition. Held across
-    /// the queue send so that sequences reach the writer in order.
-    seqs: Mutex<HashMap<(String, Partition), u64>>,
+    /// The idempotent producer. Locked only to number a batch and enqueue
+    /// it, so sequences reach the writer in order while many batches wait
+    /// for the same group commit.
+    producer: Mutex<ProducerState>,
+}
+
+struct ProducerState {
+    /// Producer id and epoch, like Kafka's; a failed batch starts a new
+    /// epoch, since its sequence may or may not have been written.
+    id: String,
+    epoch: u64,
+    next: HashMap<(String, Partition), u64>,
 }
 
 /// The embedded log. Cheap to clone.
@@ -144,8 +150,11 @@ impl EmbeddedLog {
             db: db.clone(),
             topics,
             tx,
-            producer_id: format!("embedded-{}-{}", std::process::id(), crate_nanos()),
-            seqs: Mutex::new(HashMap::new()),
+            producer: Mutex::new(ProducerState {
+                id: format!("embedded-{}-{}", std::process::id(), crate_nanos()),
+                epoch: 0,
+                next: HashMap::new(),
+            }),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -179,6 +188,18 @@ impl EmbeddedLog {
         first_seq: u64,
         records: Vec<(String, Vec<u8>)>,
     ) -> Result<Offset> {
+        let rx = self.enqueue(topic, partition, producer, first_seq, records).await?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    async fn enqueue(
+        &self,
+        topic: &str,
+        partition: Partition,
+        producer: &str,
+        first_seq: u64,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<oneshot::Receiver<Result<Offset>>> {
         self.part(topic, partition)?;
         let (reply, rx) = oneshot::channel();
         self.inner
@@ -193,7 +214,7 @@ impl EmbeddedLog {
             })
             .await
             .map_err(|_| LogError::Closed)?;
-        rx.await.map_err(|_| LogError::Closed)?
+        Ok(rx)
     }
 
     async fn produce_partition(
@@ -203,29 +224,28 @@ impl EmbeddedLog {
         records: Vec<(String, Vec<u8>)>,
     ) -> Result<Offset> {
         let n = records.len() as u64;
-        // Assign the sequence range and enqueue while holding the lock, so
-        // the writer sees this producer's sequences in order.
-        let mut seqs = self.inner.seqs.lock().await;
-        let next = seqs.entry((topic.to_owned(), partition)).or_insert(0);
-        let first_seq = *next;
-        let mut attempt = 0;
-        loop {
-            let result = self
-                .append_with_sequence(topic, partition, &self.inner.producer_id, first_seq, records.clone())
-                .await;
-            match result {
-                Ok(offset) => {
-                    *next = first_seq + n;
-                    return Ok(offset);
-                }
-                Err(LogError::Storage(e)) if attempt < PRODUCE_RETRIES => {
-                    attempt += 1;
-                    tracing::warn!(topic, partition, attempt, error = %e, "append failed, retrying with the same sequence");
-                    tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
-                }
-                Err(e) => return Err(e),
+        let (rx, id, epoch) = {
+            let mut p = self.inner.producer.lock().await;
+            let next = *p.next.get(&(topic.to_owned(), partition)).unwrap_or(&0);
+            let id = format!("{}.{}", p.id, p.epoch);
+            // Enqueue under the lock (waiting only if the queue is full):
+            // the writer sees this producer's sequences in order.
+            let rx = self.enqueue(topic, partition, &id, next, records).await?;
+            p.next.insert((topic.to_owned(), partition), next + n);
+            (rx, id, p.epoch)
+        };
+        let result = rx.await.map_err(|_| LogError::Closed)?;
+        if let Err(e) = &result {
+            // The batch's fate is unknown to later batches: start a new
+            // epoch so their sequences begin again at zero.
+            let mut p = self.inner.producer.lock().await;
+            if p.epoch == epoch {
+                p.epoch += 1;
+                p.next.clear();
+                tracing::warn!(topic, partition, producer = %id, error = %e, "append failed; producer starts a new epoch");
             }
         }
+        result
     }
 }
 
