@@ -75,7 +75,7 @@ impl Client {
                 format!("Bearer {t}").parse().map_err(|_| ClientError::BadServerMessage("token".into()))?,
             );
         }
-        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
         self.ws = Some(ws);
         let hello = self.core.hello();
         self.send(&hello).await?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use axum::serve::ListenerExt;
 use compactor::CompactorConfig;
 use doc::{Topics, WindowPolicy};
 use fanout::{Fanout, FanoutConfig};
@@ -141,6 +142,12 @@ pub async fn run(config: ServeConfig, listener: TcpListener, shutdown: Cancellat
     };
     let app = ingest::router(gateway);
     let s = shutdown.clone();
+    // Small frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { s.cancelled().await })
         .await
