@@ -40,7 +40,9 @@ fn bench_transform(c: &mut Criterion) {
             b.iter(|| {
                 let mut n = 0usize;
                 for w in t.ops.windows(2) {
-                    n += transform(black_box(&w[1]), black_box(&w[0]), Side::Right).components().len();
+                    n += transform(black_box(&w[1]), black_box(&w[0]), Side::Right)
+                        .components()
+                        .len();
                 }
                 n
             })

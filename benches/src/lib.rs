@@ -32,14 +32,20 @@ pub fn traces_dir() -> PathBuf {
 pub fn load(name: &str) -> Loaded {
     let path = traces_dir().join(format!("{name}.json.gz"));
     let mut s = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .read_to_string(&mut s)
-        .unwrap();
+    flate2::read::GzDecoder::new(
+        std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .read_to_string(&mut s)
+    .unwrap();
     let t: Trace = serde_json::from_str(&s).unwrap();
     let ops = t
         .txns
         .iter()
         .flat_map(|t| t.patches.iter().map(|(p, d, i)| Op::splice(*p, *d, i)))
         .collect();
-    Loaded { name: name.to_owned(), ops, end: t.end_content }
+    Loaded {
+        name: name.to_owned(),
+        ops,
+        end: t.end_content,
+    }
 }

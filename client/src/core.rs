@@ -36,7 +36,12 @@ pub enum CoreEvent {
     /// Our op `cseq` is known applied at `seq`.
     Acked { cseq: u64, seq: u64 },
     /// The server refused something; `retry_after_ms` when it may be retried.
-    Error { code: ErrorCode, message: String, cseq: Option<u64>, retry_after_ms: Option<u64> },
+    Error {
+        code: ErrorCode,
+        message: String,
+        cseq: Option<u64>,
+        retry_after_ms: Option<u64>,
+    },
     /// The applied stream skipped a version: reconnect with `since`.
     Gap { expected_prev: u64, got_prev: u64 },
     /// The client must re-join without `since` (STALE_BASE recovery).
@@ -68,7 +73,13 @@ fn diff(a: &str, b: &str) -> Op {
     let (ac, bc): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
     let pre = ac.iter().zip(&bc).take_while(|(x, y)| x == y).count();
     let max_suf = ac.len().min(bc.len()) - pre;
-    let suf = ac.iter().rev().zip(bc.iter().rev()).take(max_suf).take_while(|(x, y)| x == y).count();
+    let suf = ac
+        .iter()
+        .rev()
+        .zip(bc.iter().rev())
+        .take(max_suf)
+        .take_while(|(x, y)| x == y)
+        .count();
     let ins: String = bc[pre..bc.len() - suf].iter().collect();
     Op::splice(pre, ac.len() - pre - suf, &ins)
 }
@@ -138,8 +149,15 @@ impl ClientCore {
     pub fn hello(&mut self) -> ClientMsg {
         self.live = false;
         self.outbox.clear();
-        let since = if self.fresh_join { None } else { Some(self.version) };
-        ClientMsg::Hello { client: self.client_id.clone(), since }
+        let since = if self.fresh_join {
+            None
+        } else {
+            Some(self.version)
+        };
+        ClientMsg::Hello {
+            client: self.client_id.clone(),
+            since,
+        }
     }
 
     /// The connection dropped.
@@ -168,7 +186,12 @@ impl ClientCore {
         let op = std::mem::take(&mut self.buffer);
         let cseq = self.next_cseq;
         self.next_cseq += 1;
-        self.inflight = Some(Inflight { cseq, base: self.version, sent: op.clone(), op });
+        self.inflight = Some(Inflight {
+            cseq,
+            base: self.version,
+            sent: op.clone(),
+            op,
+        });
         self.send_inflight();
     }
 
@@ -192,7 +215,11 @@ impl ClientCore {
                 if pending && self.rebase.is_none() {
                     let old_server = self.server.to_string();
                     let inflight = self.inflight.as_ref().map(|i| i.op.clone());
-                    self.rebase = Some(Rebase { old_server, inflight, buffer: std::mem::take(&mut self.buffer) });
+                    self.rebase = Some(Rebase {
+                        old_server,
+                        inflight,
+                        buffer: std::mem::take(&mut self.buffer),
+                    });
                 }
                 self.server = Rope::from_str(&text);
                 self.version = seq;
@@ -213,12 +240,23 @@ impl ClientCore {
                     self.flush();
                 }
             }
-            ServerMsg::Applied { seq, prev, client, cseq, op, .. } => {
+            ServerMsg::Applied {
+                seq,
+                prev,
+                client,
+                cseq,
+                op,
+                ..
+            } => {
                 if prev != self.version {
-                    ev.push(CoreEvent::Gap { expected_prev: self.version, got_prev: prev });
+                    ev.push(CoreEvent::Gap {
+                        expected_prev: self.version,
+                        got_prev: prev,
+                    });
                     return ev;
                 }
-                let own = client == self.client_id && self.inflight.as_ref().is_some_and(|i| i.cseq == cseq);
+                let own = client == self.client_id
+                    && self.inflight.as_ref().is_some_and(|i| i.cseq == cseq);
                 ot::apply_rope(&mut self.server, &op).expect("applied ops fit the server text");
                 self.version = seq;
                 ev.push(CoreEvent::Applied { seq, prev, own });
@@ -239,7 +277,8 @@ impl ClientCore {
                     }
                     let r2 = ot::transform(&r, &self.buffer, Side::Left);
                     self.buffer = ot::transform(&self.buffer, &r, Side::Right);
-                    ot::apply_rope(&mut self.local, &r2).expect("rebased remote op fits the local text");
+                    ot::apply_rope(&mut self.local, &r2)
+                        .expect("rebased remote op fits the local text");
                 }
             }
             ServerMsg::Ack { cseq, seq, .. } => {
@@ -254,9 +293,20 @@ impl ClientCore {
                     }
                 }
             }
-            ServerMsg::Error { code, message, cseq, retry_after_ms, .. } => {
+            ServerMsg::Error {
+                code,
+                message,
+                cseq,
+                retry_after_ms,
+                ..
+            } => {
                 let ours = cseq.is_some() && cseq == self.inflight_cseq();
-                ev.push(CoreEvent::Error { code, message, cseq, retry_after_ms });
+                ev.push(CoreEvent::Error {
+                    code,
+                    message,
+                    cseq,
+                    retry_after_ms,
+                });
                 if ours {
                     match code {
                         ErrorCode::RateLimited | ErrorCode::Overloaded => {
@@ -284,12 +334,18 @@ impl ClientCore {
                             let i = self.inflight.take().expect("ours");
                             if let Some(r) = &mut self.rebase {
                                 if let Some(op) = r.inflight.take() {
-                                    r.old_server = ot::apply(&r.old_server, &op).expect("inflight fits");
+                                    r.old_server =
+                                        ot::apply(&r.old_server, &op).expect("inflight fits");
                                 }
                                 self.finish_rebase(false);
                             } else {
-                                let base = ot::apply(&self.server.to_string(), &i.op).expect("inflight fits");
-                                self.buffer = three_way(&base, &self.local.to_string(), &self.server.to_string());
+                                let base = ot::apply(&self.server.to_string(), &i.op)
+                                    .expect("inflight fits");
+                                self.buffer = three_way(
+                                    &base,
+                                    &self.local.to_string(),
+                                    &self.server.to_string(),
+                                );
                                 let mut local = self.server.clone();
                                 ot::apply_rope(&mut local, &self.buffer).expect("merged op fits");
                                 self.local = local;
@@ -320,7 +376,11 @@ impl ClientCore {
             None => r.old_server.clone(),
         };
         let ours = ot::apply(&with_inflight, &r.buffer).expect("buffer fits");
-        let base = if inflight_applied { with_inflight } else { r.old_server };
+        let base = if inflight_applied {
+            with_inflight
+        } else {
+            r.old_server
+        };
         let theirs = self.server.to_string();
         let pending = three_way(&base, &ours, &theirs);
         self.buffer = pending;

@@ -60,7 +60,12 @@ impl Client {
     }
 
     /// Connects and joins, returning once live.
-    pub async fn connect(base: &str, doc: &str, client_id: &str, token: Option<&str>) -> Result<Client, ClientError> {
+    pub async fn connect(
+        base: &str,
+        doc: &str,
+        client_id: &str,
+        token: Option<&str>,
+    ) -> Result<Client, ClientError> {
         let mut c = Client::new(base, doc, client_id, token);
         c.join().await?;
         Ok(c)
@@ -72,14 +77,17 @@ impl Client {
         if let Some(t) = &self.token {
             req.headers_mut().insert(
                 "authorization",
-                format!("Bearer {t}").parse().map_err(|_| ClientError::BadServerMessage("token".into()))?,
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| ClientError::BadServerMessage("token".into()))?,
             );
         }
         let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
         self.ws = Some(ws);
         let hello = self.core.hello();
         self.send(&hello).await?;
-        self.pump_until(Duration::from_secs(30), "ready", |c| c.core.is_live()).await
+        self.pump_until(Duration::from_secs(30), "ready", |c| c.core.is_live())
+            .await
     }
 
     /// Points the client at another server address (`ws://host:port`),
@@ -154,9 +162,9 @@ impl Client {
                     return Err(e.into());
                 }
                 Some(Ok(Message::Text(t))) => {
-                    return serde_json::from_str(t.as_str())
-                        .map(Some)
-                        .map_err(|e| ClientError::BadServerMessage(format!("{e}: {}", t.as_str())));
+                    return serde_json::from_str(t.as_str()).map(Some).map_err(|e| {
+                        ClientError::BadServerMessage(format!("{e}: {}", t.as_str()))
+                    });
                 }
                 Some(Ok(_)) => continue,
             }
@@ -177,9 +185,12 @@ impl Client {
         for e in &events {
             match e {
                 CoreEvent::Gap { .. } | CoreEvent::RejoinFresh => rejoin = true,
-                CoreEvent::Error { code: ErrorCode::RateLimited | ErrorCode::Overloaded, cseq: Some(c), retry_after_ms, .. }
-                    if Some(*c) == self.core.inflight_cseq() =>
-                {
+                CoreEvent::Error {
+                    code: ErrorCode::RateLimited | ErrorCode::Overloaded,
+                    cseq: Some(c),
+                    retry_after_ms,
+                    ..
+                } if Some(*c) == self.core.inflight_cseq() => {
                     retry = Some(retry_after_ms.unwrap_or(100));
                 }
                 _ => {}
@@ -224,11 +235,17 @@ impl Client {
 
     /// Waits until every local edit is acknowledged.
     pub async fn settle(&mut self, timeout: Duration) -> Result<(), ClientError> {
-        self.pump_until(timeout, "acks", |c| c.core.is_settled()).await
+        self.pump_until(timeout, "acks", |c| c.core.is_settled())
+            .await
     }
 
     /// Waits until the document reaches `version` (or later).
-    pub async fn wait_version(&mut self, version: u64, timeout: Duration) -> Result<(), ClientError> {
-        self.pump_until(timeout, "version", move |c| c.core.version() >= version).await
+    pub async fn wait_version(
+        &mut self,
+        version: u64,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        self.pump_until(timeout, "version", move |c| c.core.version() >= version)
+            .await
     }
 }

@@ -9,10 +9,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use doc::{load, DocState, LoadError, Sources, Topics, WindowPolicy, COMPACTOR_GROUP, TRANSFORMER_GROUP};
+use doc::{
+    load, DocState, LoadError, Sources, Topics, WindowPolicy, COMPACTOR_GROUP, TRANSFORMER_GROUP,
+};
 use prometheus::{IntCounter, Registry};
 use protocol::{decode_out_record, OutRecord};
-use quire_log::{LogError, OpLog, Offset, Partition};
+use quire_log::{LogError, Offset, OpLog, Partition};
 use store::{Store, StoreError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -64,13 +66,29 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(registry: &Registry) -> Metrics {
-        let archived = IntCounter::new("quire_compactor_ops_archived_total", "Applied ops written to history").unwrap();
-        let snapshots = IntCounter::new("quire_compactor_snapshots_written_total", "Snapshots written").unwrap();
-        let truncated = IntCounter::new("quire_compactor_records_truncated_total", "Records removed by DeleteRecords").unwrap();
+        let archived = IntCounter::new(
+            "quire_compactor_ops_archived_total",
+            "Applied ops written to history",
+        )
+        .unwrap();
+        let snapshots = IntCounter::new(
+            "quire_compactor_snapshots_written_total",
+            "Snapshots written",
+        )
+        .unwrap();
+        let truncated = IntCounter::new(
+            "quire_compactor_records_truncated_total",
+            "Records removed by DeleteRecords",
+        )
+        .unwrap();
         for c in [&archived, &snapshots, &truncated] {
             let _ = registry.register(Box::new(c.clone()));
         }
-        Metrics { archived, snapshots, truncated }
+        Metrics {
+            archived,
+            snapshots,
+            truncated,
+        }
     }
 }
 
@@ -128,7 +146,12 @@ impl Worker {
     async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), CompactorError> {
         let topics = self.config.topics.clone();
         let start = self.log.log_start(&topics.applied, self.p).await?;
-        let mut pos = self.log.committed(COMPACTOR_GROUP, &topics.applied, self.p).await?.unwrap_or(0).max(start);
+        let mut pos = self
+            .log
+            .committed(COMPACTOR_GROUP, &topics.applied, self.p)
+            .await?
+            .unwrap_or(0)
+            .max(start);
         let mut last_truncate = Instant::now();
         loop {
             let batch = tokio::select! {
@@ -138,7 +161,9 @@ impl Worker {
             if !batch.is_empty() {
                 let next = batch.last().map_or(pos, |r| r.offset + 1);
                 self.compact(batch).await?;
-                self.log.commit(COMPACTOR_GROUP, &topics.applied, self.p, next).await?;
+                self.log
+                    .commit(COMPACTOR_GROUP, &topics.applied, self.p, next)
+                    .await?;
                 pos = next;
             }
             if last_truncate.elapsed() >= self.config.truncate_every {
@@ -158,7 +183,12 @@ impl Worker {
                     applied.push(a);
                 }
                 Ok(OutRecord::Rejected(_)) => {}
-                Err(e) => return Err(CompactorError::BadRecord { offset: rec.offset, reason: e.to_string() }),
+                Err(e) => {
+                    return Err(CompactorError::BadRecord {
+                        offset: rec.offset,
+                        reason: e.to_string(),
+                    })
+                }
             }
         }
         // History first: a snapshot never refers to ops the archive lacks.
@@ -187,7 +217,13 @@ impl Worker {
                 self.docs.remove(&a.doc);
                 continue;
             }
-            state.trim(WindowPolicy { min_ops: 0, min_age_ms: 0 }, a.ts);
+            state.trim(
+                WindowPolicy {
+                    min_ops: 0,
+                    min_age_ms: 0,
+                },
+                a.ts,
+            );
             *since += 1;
             if *since >= self.config.snapshot_every {
                 self.store.put_snapshot(&state.snapshot()).await?;
@@ -202,7 +238,11 @@ impl Worker {
     async fn truncate(&self, compacted: Offset) -> Result<(), CompactorError> {
         let t = &self.config.topics;
         let keep = self.config.retain_records.max(1);
-        let transformed = self.log.committed(TRANSFORMER_GROUP, &t.ops, self.p).await?.unwrap_or(0);
+        let transformed = self
+            .log
+            .committed(TRANSFORMER_GROUP, &t.ops, self.p)
+            .await?
+            .unwrap_or(0);
         let ops_hw = self.log.high_watermark(&t.ops, self.p).await?;
         let applied_hw = self.log.high_watermark(&t.applied, self.p).await?;
         for (topic, before) in [

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use protocol::{decode_out_record, OutRecord};
-use quire_log::{partition_for, LogError, OpLog, Offset};
+use quire_log::{partition_for, LogError, Offset, OpLog};
 use store::{Store, StoreError};
 
 use crate::{DocError, DocState, WindowPolicy};
@@ -45,7 +45,11 @@ pub enum LoadError {
     #[error("replay: {0}")]
     Replay(#[from] DocError),
     #[error("{doc}: applied record at offset {offset} is unreadable: {reason}")]
-    BadRecord { doc: String, offset: Offset, reason: String },
+    BadRecord {
+        doc: String,
+        offset: Offset,
+        reason: String,
+    },
 }
 
 /// Where documents come from.
@@ -89,7 +93,11 @@ async fn load_once(
     let partition = partition_for(doc, src.log.partitions(topic)?);
     // Read the compactor's position before the store: history then covers
     // everything below it.
-    let compacted = src.log.committed(COMPACTOR_GROUP, topic, partition).await?.unwrap_or(0);
+    let compacted = src
+        .log
+        .committed(COMPACTOR_GROUP, topic, partition)
+        .await?
+        .unwrap_or(0);
     let limit = at.unwrap_or(u64::MAX);
 
     let mut state = match src.store.snapshot_at_or_before(doc, limit).await? {
@@ -97,7 +105,10 @@ async fn load_once(
         None => DocState::empty(doc),
     };
     if at.is_none() && state.version > 0 {
-        let older = src.store.history_before(doc, state.version + 1, src.window.min_ops).await?;
+        let older = src
+            .store
+            .history_before(doc, state.version + 1, src.window.min_ops)
+            .await?;
         state.prepend_history(older);
     }
     let mut last_ts = i64::MIN;
@@ -123,7 +134,16 @@ async fn load_once(
     };
     let mut pos = start;
     'topic: while pos < end {
-        let batch = src.log.fetch(topic, partition, pos, PAGE.min((end - pos) as usize), Duration::ZERO).await?;
+        let batch = src
+            .log
+            .fetch(
+                topic,
+                partition,
+                pos,
+                PAGE.min((end - pos) as usize),
+                Duration::ZERO,
+            )
+            .await?;
         if batch.is_empty() {
             break;
         }

@@ -72,7 +72,11 @@ impl DocState {
             doc: s.doc.clone(),
             version: s.seq,
             text: Rope::from_str(&s.text),
-            clients: s.clients.iter().map(|c| (c.client.clone(), c.clone())).collect(),
+            clients: s
+                .clients
+                .iter()
+                .map(|c| (c.client.clone(), c.clone()))
+                .collect(),
             window: VecDeque::new(),
             floor: s.seq,
             deltas: VecDeque::new(),

@@ -6,10 +6,10 @@ use std::time::Duration;
 use doc::{load, DocState, LoadError, Sources, Topics, WindowPolicy};
 use prometheus::{IntCounter, IntGauge, Registry};
 use protocol::{
-    decode_out_record, AppliedRecord, Cursor, ErrorCode, OutRecord, ProtoError,
-    RejectedRecord, ServerMsg,
+    decode_out_record, AppliedRecord, Cursor, ErrorCode, OutRecord, ProtoError, RejectedRecord,
+    ServerMsg,
 };
-use quire_log::{partition_for, LogError, OpLog, Offset, Partition};
+use quire_log::{partition_for, LogError, Offset, OpLog, Partition};
 use store::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinSet;
@@ -60,7 +60,11 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(registry: &Registry) -> Metrics {
         let subscribers = IntGauge::new("quire_fanout_subscribers", "Live subscribers").unwrap();
-        let delivered = IntCounter::new("quire_fanout_ops_delivered_total", "Applied ops queued to subscribers").unwrap();
+        let delivered = IntCounter::new(
+            "quire_fanout_ops_delivered_total",
+            "Applied ops queued to subscribers",
+        )
+        .unwrap();
         let overloaded = IntCounter::new(
             "quire_fanout_subscribers_overloaded_total",
             "Subscribers cut off because their queue overflowed",
@@ -71,7 +75,12 @@ impl Metrics {
         let _ = registry.register(Box::new(delivered.clone()));
         let _ = registry.register(Box::new(overloaded.clone()));
         let _ = registry.register(Box::new(docs.clone()));
-        Metrics { subscribers, delivered, overloaded, docs }
+        Metrics {
+            subscribers,
+            delivered,
+            overloaded,
+            docs,
+        }
     }
 }
 
@@ -153,10 +162,20 @@ impl Fanout {
         let mut parts = Vec::with_capacity(n as usize);
         for p in 0..n {
             let pos = log.high_watermark(&config.topics.applied, p).await?;
-            parts.push(Mutex::new(Part { pos, docs: HashMap::new() }));
+            parts.push(Mutex::new(Part {
+                pos,
+                docs: HashMap::new(),
+            }));
         }
         Ok(Fanout {
-            inner: Arc::new(Inner { config, log, store, parts, metrics, next_id: AtomicU64::new(1) }),
+            inner: Arc::new(Inner {
+                config,
+                log,
+                store,
+                parts,
+                metrics,
+                next_id: AtomicU64::new(1),
+            }),
         })
     }
 
@@ -176,10 +195,18 @@ impl Fanout {
     async fn hub<'a>(&self, part: &'a mut Part, doc: &str) -> Result<&'a mut Hub, FanoutError> {
         if !part.docs.contains_key(doc) {
             if part.docs.len() >= self.inner.config.max_idle_docs {
-                part.docs.retain(|_, h| !h.subs.is_empty() || !h.waiters.is_empty());
+                part.docs
+                    .retain(|_, h| !h.subs.is_empty() || !h.waiters.is_empty());
             }
             let state = load(self.sources(), doc, Some(part.pos), None).await?;
-            part.docs.insert(doc.to_owned(), Hub { state, subs: Vec::new(), waiters: HashMap::new() });
+            part.docs.insert(
+                doc.to_owned(),
+                Hub {
+                    state,
+                    subs: Vec::new(),
+                    waiters: HashMap::new(),
+                },
+            );
             self.inner.metrics.docs.set(self.loaded_hint(part));
         }
         Ok(part.docs.get_mut(doc).expect("inserted above"))
@@ -191,7 +218,13 @@ impl Fanout {
 
     /// Subscribes a client (SPEC §5 join): with a usable `since`, the applied
     /// ops after it; otherwise a snapshot; then `ready`.
-    pub async fn join(&self, doc: &str, client: &str, user: &str, since: Option<u64>) -> Result<Joined, FanoutError> {
+    pub async fn join(
+        &self,
+        doc: &str,
+        client: &str,
+        user: &str,
+        since: Option<u64>,
+    ) -> Result<Joined, FanoutError> {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
         let queue = self.inner.config.subscriber_queue;
         let hub = self.hub(&mut part, doc).await?;
@@ -208,19 +241,31 @@ impl Fanout {
             sent_presence: false,
         });
         self.inner.metrics.subscribers.inc();
-        Ok(Joined { id, catchup, rx, kicked, version: hub.state.version })
+        Ok(Joined {
+            id,
+            catchup,
+            rx,
+            kicked,
+            version: hub.state.version,
+        })
     }
 
     /// Unsubscribes; tells the others the client left if it showed presence.
     pub async fn leave(&self, doc: &str, id: u64) {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
-        let Some(hub) = part.docs.get_mut(doc) else { return };
-        let Some(i) = hub.subs.iter().position(|s| s.id == id) else { return };
+        let Some(hub) = part.docs.get_mut(doc) else {
+            return;
+        };
+        let Some(i) = hub.subs.iter().position(|s| s.id == id) else {
+            return;
+        };
         let sub = hub.subs.swap_remove(i);
         self.inner.metrics.subscribers.dec();
         let still_here = hub.subs.iter().any(|s| s.client == sub.client);
         if sub.sent_presence && !still_here {
-            let f = frame(&ServerMsg::Leave { client: sub.client.clone() });
+            let f = frame(&ServerMsg::Leave {
+                client: sub.client.clone(),
+            });
             for s in &hub.subs {
                 let _ = s.tx.try_send(f.clone());
             }
@@ -229,10 +274,21 @@ impl Fanout {
 
     /// Relays a presence update to the document's other subscribers. Presence
     /// is ephemeral: a full queue drops it rather than cutting anyone off.
-    pub async fn presence(&self, doc: &str, id: u64, seq: u64, cursor: Option<Cursor>, meta: Option<serde_json::Value>) {
+    pub async fn presence(
+        &self,
+        doc: &str,
+        id: u64,
+        seq: u64,
+        cursor: Option<Cursor>,
+        meta: Option<serde_json::Value>,
+    ) {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
-        let Some(hub) = part.docs.get_mut(doc) else { return };
-        let Some(me) = hub.subs.iter_mut().find(|s| s.id == id) else { return };
+        let Some(hub) = part.docs.get_mut(doc) else {
+            return;
+        };
+        let Some(me) = hub.subs.iter_mut().find(|s| s.id == id) else {
+            return;
+        };
         me.sent_presence = true;
         let f = frame(&ServerMsg::Presence {
             client: me.client.clone(),
@@ -248,20 +304,35 @@ impl Fanout {
 
     /// The binding and duplicate checks done before anything else about an
     /// op (SPEC §7): `Ok(Some(seq))` when `(client, cseq)` was applied.
-    pub async fn check_op(&self, doc: &str, client: &str, cseq: u64, user: &str) -> Result<Option<u64>, FanoutError> {
+    pub async fn check_op(
+        &self,
+        doc: &str,
+        client: &str,
+        cseq: u64,
+        user: &str,
+    ) -> Result<Option<u64>, FanoutError> {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
         let hub = self.hub(&mut part, doc).await?;
         match dedup_check(&hub.state, client, cseq, user)? {
             Dedup::New => Ok(None),
             Dedup::Applied(r) => Ok(Some(r.seq)),
             Dedup::Forgotten { seq: Some(seq) } => Ok(Some(seq)),
-            Dedup::Forgotten { seq: None } => Ok(self.find_in_store(doc, client, cseq, None).await?.map(|r| r.seq)),
+            Dedup::Forgotten { seq: None } => Ok(self
+                .find_in_store(doc, client, cseq, None)
+                .await?
+                .map(|r| r.seq)),
         }
     }
 
     /// Registers for the outcome of `(client, cseq)`, after the binding and
     /// duplicate checks. Register before producing the op.
-    pub async fn wait_for(&self, doc: &str, client: &str, cseq: u64, user: &str) -> Result<Waited, FanoutError> {
+    pub async fn wait_for(
+        &self,
+        doc: &str,
+        client: &str,
+        cseq: u64,
+        user: &str,
+    ) -> Result<Waited, FanoutError> {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
         let hub = self.hub(&mut part, doc).await?;
         let found = match dedup_check(&hub.state, client, cseq, user)? {
@@ -275,13 +346,18 @@ impl Fanout {
             Some(None) => {
                 return Err(ProtoError::new(
                     ErrorCode::Protocol,
-                    format!("cseq {cseq} of {client} was used before and its record is no longer kept"),
+                    format!(
+                        "cseq {cseq} of {client} was used before and its record is no longer kept"
+                    ),
                 )
                 .into())
             }
         }
         let (tx, rx) = oneshot::channel();
-        hub.waiters.entry((client.to_owned(), cseq)).or_default().push(tx);
+        hub.waiters
+            .entry((client.to_owned(), cseq))
+            .or_default()
+            .push(tx);
         Ok(Waited::Pending(rx))
     }
 
@@ -301,9 +377,14 @@ impl Fanout {
         let mut after = 0;
         loop {
             let page = self.inner.store.history(doc, after, 1000).await?;
-            let Some(last) = page.last() else { return Ok(None) };
+            let Some(last) = page.last() else {
+                return Ok(None);
+            };
             after = last.seq;
-            if let Some(r) = page.into_iter().find(|r| r.client == client && r.cseq == cseq) {
+            if let Some(r) = page
+                .into_iter()
+                .find(|r| r.client == client && r.cseq == cseq)
+            {
                 return Ok(Some(r));
             }
         }
@@ -321,23 +402,32 @@ impl Fanout {
     }
 
     /// Applied records with `seq > after`, oldest first, at most `limit`.
-    pub async fn history(&self, doc: &str, after: u64, limit: usize) -> Result<Vec<AppliedRecord>, FanoutError> {
+    pub async fn history(
+        &self,
+        doc: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AppliedRecord>, FanoutError> {
         let mut out = self.inner.store.history(doc, after, limit).await?;
         if out.len() < limit {
             let from = out.last().map_or(after, |r| r.seq);
             let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
             let hub = self.hub(&mut part, doc).await?;
             let want = limit - out.len();
-            let recent: Option<Vec<AppliedRecord>> =
-                hub.state.ops_after(from).map(|ops| ops.take(want).cloned().collect());
+            let recent: Option<Vec<AppliedRecord>> = hub
+                .state
+                .ops_after(from)
+                .map(|ops| ops.take(want).cloned().collect());
             drop(part);
             match recent {
                 Some(r) => out.extend(r),
                 None => {
                     // The archive lags the window's floor: read the log directly.
                     let state = load(self.sources(), doc, None, None).await?;
-                    let r: Vec<AppliedRecord> =
-                        state.ops_after(from).map(|ops| ops.take(want).cloned().collect()).unwrap_or_default();
+                    let r: Vec<AppliedRecord> = state
+                        .ops_after(from)
+                        .map(|ops| ops.take(want).cloned().collect())
+                        .unwrap_or_default();
                     out.extend(r);
                 }
             }
@@ -382,7 +472,12 @@ impl Fanout {
                     // We fell behind truncation: forget the documents and cut
                     // their subscribers off; they re-join and catch up.
                     let mut part = self.inner.parts[p as usize].lock().await;
-                    tracing::warn!(partition = p, pos, log_start, "fanout fell behind truncation");
+                    tracing::warn!(
+                        partition = p,
+                        pos,
+                        log_start,
+                        "fanout fell behind truncation"
+                    );
                     for (_, hub) in part.docs.drain() {
                         self.kick_all(hub.subs);
                     }
@@ -400,15 +495,23 @@ impl Fanout {
             }
             for rec in batch {
                 part.pos = rec.offset + 1;
-                let Some(hub) = part.docs.get_mut(&rec.key) else { continue };
+                let Some(hub) = part.docs.get_mut(&rec.key) else {
+                    continue;
+                };
                 match decode_out_record(&rec.value) {
                     Ok(OutRecord::Applied(a)) => self.deliver(hub, a),
                     Ok(OutRecord::Rejected(r)) => self.reject(hub, r),
-                    Err(e) => tracing::error!(partition = p, offset = rec.offset, error = %e, "unreadable applied record skipped"),
+                    Err(e) => {
+                        tracing::error!(partition = p, offset = rec.offset, error = %e, "unreadable applied record skipped")
+                    }
                 }
             }
             let docs = &mut part.docs;
-            let broken: Vec<String> = docs.iter().filter(|(_, h)| h.state.doc.is_empty()).map(|(k, _)| k.clone()).collect();
+            let broken: Vec<String> = docs
+                .iter()
+                .filter(|(_, h)| h.state.doc.is_empty())
+                .map(|(k, _)| k.clone())
+                .collect();
             for d in broken {
                 if let Some(hub) = docs.remove(&d) {
                     self.kick_all(hub.subs);
@@ -499,7 +602,11 @@ impl Fanout {
 }
 
 fn find_applied<'a>(state: &'a DocState, client: &str, cseq: u64) -> Option<&'a AppliedRecord> {
-    state.window.iter().rev().find(|r| r.client == client && r.cseq == cseq)
+    state
+        .window
+        .iter()
+        .rev()
+        .find(|r| r.client == client && r.cseq == cseq)
 }
 
 /// What a join sends (SPEC §5): with a `since` the window still covers, the
@@ -518,7 +625,10 @@ pub fn join_messages(state: &DocState, since: Option<u64>) -> Vec<ServerMsg> {
         _ => false,
     };
     if !caught_up {
-        out.push(ServerMsg::Snapshot { seq: state.version, text: state.text.to_string() });
+        out.push(ServerMsg::Snapshot {
+            seq: state.version,
+            text: state.text.to_string(),
+        });
     }
     out.push(ServerMsg::Ready { seq: state.version });
     out
@@ -536,14 +646,22 @@ pub enum Dedup<'a> {
 }
 
 /// The clientId binding check, then the duplicate check (SPEC §4, §7).
-pub fn dedup_check<'a>(state: &'a DocState, client: &str, cseq: u64, user: &str) -> Result<Dedup<'a>, ProtoError> {
+pub fn dedup_check<'a>(
+    state: &'a DocState,
+    client: &str,
+    cseq: u64,
+    user: &str,
+) -> Result<Dedup<'a>, ProtoError> {
     match state.clients.get(client) {
-        Some(e) if e.user != user => {
-            Err(ProtoError::new(ErrorCode::Forbidden, format!("client id {client} belongs to another user")))
-        }
+        Some(e) if e.user != user => Err(ProtoError::new(
+            ErrorCode::Forbidden,
+            format!("client id {client} belongs to another user"),
+        )),
         Some(e) if cseq <= e.cseq => Ok(match find_applied(state, client, cseq) {
             Some(r) => Dedup::Applied(r),
-            None => Dedup::Forgotten { seq: (cseq == e.cseq).then_some(e.seq) },
+            None => Dedup::Forgotten {
+                seq: (cseq == e.cseq).then_some(e.seq),
+            },
         }),
         _ => Ok(Dedup::New),
     }

@@ -9,4 +9,7 @@
 
 mod hub;
 
-pub use hub::{dedup_check, join_messages, Dedup, Fanout, FanoutConfig, FanoutError, Frame, Joined, Metrics, Waited};
+pub use hub::{
+    dedup_check, join_messages, Dedup, Fanout, FanoutConfig, FanoutError, Frame, Joined, Metrics,
+    Waited,
+};

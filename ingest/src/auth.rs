@@ -29,21 +29,29 @@ pub struct Principal {
 
 impl Principal {
     pub fn can_access(&self, doc: &str) -> bool {
-        self.docs.iter().any(|g| glob_match(g.as_bytes(), doc.as_bytes()))
+        self.docs
+            .iter()
+            .any(|g| glob_match(g.as_bytes(), doc.as_bytes()))
     }
 
     pub fn check_doc(&self, doc: &str) -> Result<(), ProtoError> {
         if self.can_access(doc) {
             Ok(())
         } else {
-            Err(ProtoError::new(ErrorCode::Forbidden, format!("token does not grant document {doc}")))
+            Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                format!("token does not grant document {doc}"),
+            ))
         }
     }
 
     pub fn check_write(&self) -> Result<(), ProtoError> {
         match self.role {
             Role::Write => Ok(()),
-            Role::Read => Err(ProtoError::new(ErrorCode::Forbidden, "read role may not submit ops")),
+            Role::Read => Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                "read role may not submit ops",
+            )),
         }
     }
 }
@@ -63,7 +71,9 @@ impl Auth {
         let mut v = Validation::new(Algorithm::HS256);
         v.leeway = 0;
         v.set_required_spec_claims(&["exp", "sub"]);
-        Auth { key: Some((DecodingKey::from_secret(secret), v)) }
+        Auth {
+            key: Some((DecodingKey::from_secret(secret), v)),
+        }
     }
 
     pub fn is_open(&self) -> bool {
@@ -72,16 +82,29 @@ impl Auth {
 
     pub fn authenticate(&self, token: Option<&str>) -> Result<Principal, ProtoError> {
         let Some((key, validation)) = &self.key else {
-            return Ok(Principal { user: "anonymous".into(), role: Role::Write, docs: vec!["*".into()] });
+            return Ok(Principal {
+                user: "anonymous".into(),
+                role: Role::Write,
+                docs: vec!["*".into()],
+            });
         };
-        let token = token.ok_or_else(|| ProtoError::new(ErrorCode::Unauthorized, "a bearer token is required"))?;
+        let token = token.ok_or_else(|| {
+            ProtoError::new(ErrorCode::Unauthorized, "a bearer token is required")
+        })?;
         let data = decode::<Claims>(token, key, validation)
             .map_err(|e| ProtoError::new(ErrorCode::Unauthorized, format!("invalid token: {e}")))?;
         let c = data.claims;
         if c.sub.is_empty() {
-            return Err(ProtoError::new(ErrorCode::Unauthorized, "token has an empty sub"));
+            return Err(ProtoError::new(
+                ErrorCode::Unauthorized,
+                "token has an empty sub",
+            ));
         }
-        Ok(Principal { user: c.sub, role: c.role, docs: c.docs })
+        Ok(Principal {
+            user: c.sub,
+            role: c.role,
+            docs: c.docs,
+        })
     }
 }
 
@@ -130,18 +153,40 @@ mod tests {
     fn tokens() {
         let auth = Auth::hs256(b"s3cret");
         let exp = (protocol::now_ms() / 1000 + 3600) as u64;
-        let claims = Claims { sub: "alice".into(), docs: vec!["a.*".into()], role: Role::Read, exp };
+        let claims = Claims {
+            sub: "alice".into(),
+            docs: vec!["a.*".into()],
+            role: Role::Read,
+            exp,
+        };
         let key = jsonwebtoken::EncodingKey::from_secret(b"s3cret");
         let tok = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
         let p = auth.authenticate(Some(&tok)).unwrap();
         assert_eq!(p.user, "alice");
         assert!(p.check_doc("a.x").is_ok() && p.check_doc("b.x").is_err());
         assert!(p.check_write().is_err());
-        let bad = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(b"other")).unwrap();
-        assert_eq!(auth.authenticate(Some(&bad)).unwrap_err().code, ErrorCode::Unauthorized);
-        let old = Claims { exp: (protocol::now_ms() / 1000 - 5) as u64, ..claims };
+        let bad = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"other"),
+        )
+        .unwrap();
+        assert_eq!(
+            auth.authenticate(Some(&bad)).unwrap_err().code,
+            ErrorCode::Unauthorized
+        );
+        let old = Claims {
+            exp: (protocol::now_ms() / 1000 - 5) as u64,
+            ..claims
+        };
         let expired = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &old, &key).unwrap();
-        assert_eq!(auth.authenticate(Some(&expired)).unwrap_err().code, ErrorCode::Unauthorized);
-        assert_eq!(auth.authenticate(None).unwrap_err().code, ErrorCode::Unauthorized);
+        assert_eq!(
+            auth.authenticate(Some(&expired)).unwrap_err().code,
+            ErrorCode::Unauthorized
+        );
+        assert_eq!(
+            auth.authenticate(None).unwrap_err().code,
+            ErrorCode::Unauthorized
+        );
     }
 }

@@ -46,19 +46,31 @@ pub fn router(gw: Gateway) -> Router {
         .route("/v1/docs/{doc}", get(get_doc))
         .route("/v1/docs/{doc}/ops", get(get_ops).post(post_op))
         .route("/v1/docs/{doc}/ws", get(crate::ws::upgrade))
-        .fallback(|| async { error_response(&ProtoError::new(ErrorCode::NotFound, "no such route")) })
+        .fallback(|| async {
+            error_response(&ProtoError::new(ErrorCode::NotFound, "no such route"))
+        })
         .layer(DefaultBodyLimit::max(hard_limit))
         .with_state(gw)
 }
 
 pub(crate) fn error_response(e: &ProtoError) -> Response {
-    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(serde_json::to_value(ServerMsg::error(e)).expect("serialises"))).into_response()
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        Json(serde_json::to_value(ServerMsg::error(e)).expect("serialises")),
+    )
+        .into_response()
 }
 
 fn op_error_response(e: &ProtoError, client: &str, cseq: u64) -> Response {
-    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(serde_json::to_value(ServerMsg::op_error(e, client, cseq)).expect("serialises"))).into_response()
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        Json(serde_json::to_value(ServerMsg::op_error(e, client, cseq)).expect("serialises")),
+    )
+        .into_response()
 }
 
 pub(crate) fn fanout_error(e: FanoutError) -> ProtoError {
@@ -66,24 +78,38 @@ pub(crate) fn fanout_error(e: FanoutError) -> ProtoError {
         FanoutError::Refused(p) => p,
         other => {
             tracing::error!(error = %other, "backend error");
-            ProtoError::new(ErrorCode::Overloaded, format!("backend unavailable: {other}"))
+            ProtoError::new(
+                ErrorCode::Overloaded,
+                format!("backend unavailable: {other}"),
+            )
         }
     }
 }
 
 /// The bearer token from the `Authorization` header or `?token=`.
-pub(crate) fn token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Option<&'a str> {
+pub(crate) fn token<'a>(
+    headers: &'a HeaderMap,
+    query: &'a HashMap<String, String>,
+) -> Option<&'a str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .or_else(|| query.get("token").map(String::as_str))
 }
 
 impl Gateway {
     /// Authentication, doc id and document grant, in that order.
-    pub(crate) fn admit(&self, doc: &str, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<Principal, ProtoError> {
+    pub(crate) fn admit(
+        &self,
+        doc: &str,
+        headers: &HeaderMap,
+        query: &HashMap<String, String>,
+    ) -> Result<Principal, ProtoError> {
         let who = self.auth.authenticate(token(headers, query))?;
         validate_doc_id(doc)?;
         who.check_doc(doc)?;
@@ -91,17 +117,23 @@ impl Gateway {
     }
 
     fn count(&self, e: &ProtoError) {
-        self.ingest.metrics().errors.with_label_values(&[e.code.as_str()]).inc();
+        self.ingest
+            .metrics()
+            .errors
+            .with_label_values(&[e.code.as_str()])
+            .inc();
     }
 }
 
 fn parse_u64(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ProtoError> {
     match query.get(key) {
         None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| ProtoError::new(ErrorCode::BadMessage, format!("{key} must be a non-negative integer"))),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            ProtoError::new(
+                ErrorCode::BadMessage,
+                format!("{key} must be a non-negative integer"),
+            )
+        }),
     }
 }
 
@@ -135,12 +167,23 @@ async fn get_ops(
         let after = parse_u64(&query, "after")?.unwrap_or(0);
         let limit = parse_u64(&query, "limit")?.unwrap_or(100);
         if limit == 0 || limit > MAX_PAGE as u64 {
-            return Err(ProtoError::new(ErrorCode::BadMessage, format!("limit must be 1..={MAX_PAGE}")));
+            return Err(ProtoError::new(
+                ErrorCode::BadMessage,
+                format!("limit must be 1..={MAX_PAGE}"),
+            ));
         }
-        let ops = gw.fanout.history(&doc, after, limit as usize).await.map_err(fanout_error)?;
+        let ops = gw
+            .fanout
+            .history(&doc, after, limit as usize)
+            .await
+            .map_err(fanout_error)?;
         // `next` is the `after` of the following page; null once this page
         // was not full (the history ends here for now).
-        let next = if ops.len() as u64 == limit { ops.last().map(|r| r.seq) } else { None };
+        let next = if ops.len() as u64 == limit {
+            ops.last().map(|r| r.seq)
+        } else {
+            None
+        };
         let ops: Vec<OutRecord> = ops.into_iter().map(OutRecord::Applied).collect();
         Ok::<_, ProtoError>(Json(json!({ "ops": ops, "next": next })).into_response())
     }
@@ -174,7 +217,10 @@ async fn post_op(
         }
     };
     if body.len() > gw.ingest.limits().max_frame_bytes {
-        let e = ProtoError::new(ErrorCode::TooLarge, format!("body is over {} bytes", gw.ingest.limits().max_frame_bytes));
+        let e = ProtoError::new(
+            ErrorCode::TooLarge,
+            format!("body is over {} bytes", gw.ingest.limits().max_frame_bytes),
+        );
         gw.count(&e);
         return error_response(&e);
     }
@@ -207,7 +253,11 @@ async fn post_op(
         Ok(Waited::Pending(rx)) => rx,
         Err(e) => return fail(fanout_error(e)),
     };
-    if let Err(e) = gw.ingest.submit(&doc, &who.user, &client, cseq, req.base, req.op).await {
+    if let Err(e) = gw
+        .ingest
+        .submit(&doc, &who.user, &client, cseq, req.base, req.op)
+        .await
+    {
         gw.fanout.forget_waiter(&doc, &client, cseq).await;
         return fail(e);
     }
@@ -223,7 +273,8 @@ async fn post_op(
                 ErrorCode::Overloaded,
                 "the op is queued but not applied yet; resend the same (client, cseq) to learn its outcome",
             ));
-            resp.headers_mut().insert(header::RETRY_AFTER, "1".parse().expect("static"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, "1".parse().expect("static"));
             resp
         }
     }
@@ -233,7 +284,11 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
     if gw.fanout.ready().await {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "log or store unavailable\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log or store unavailable\n",
+        )
+            .into_response()
     }
 }
 
@@ -257,5 +312,6 @@ async fn editor_page() -> Html<&'static str> {
 
 /// Used by the WebSocket handler to refuse before upgrading is impossible.
 pub(crate) fn ws_upgrade_limits(ws: WebSocketUpgrade, max_frame: usize) -> WebSocketUpgrade {
-    ws.max_message_size(max_frame * 4).max_frame_size(max_frame * 4)
+    ws.max_message_size(max_frame * 4)
+        .max_frame_size(max_frame * 4)
 }

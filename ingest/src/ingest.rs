@@ -15,23 +15,41 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(registry: &Registry) -> Metrics {
-        let produced = IntCounter::new("quire_ingest_ops_produced_total", "Raw ops produced to the log").unwrap();
+        let produced = IntCounter::new(
+            "quire_ingest_ops_produced_total",
+            "Raw ops produced to the log",
+        )
+        .unwrap();
         let produce_seconds = Histogram::with_opts(
-            HistogramOpts::new("quire_ingest_produce_seconds", "Time to produce one raw op durably")
-                .buckets(vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0]),
+            HistogramOpts::new(
+                "quire_ingest_produce_seconds",
+                "Time to produce one raw op durably",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+            ]),
         )
         .unwrap();
         let errors = IntCounterVec::new(
-            Opts::new("quire_ingest_errors_total", "Errors sent to clients, by code"),
+            Opts::new(
+                "quire_ingest_errors_total",
+                "Errors sent to clients, by code",
+            ),
             &["code"],
         )
         .unwrap();
-        let connections = IntGauge::new("quire_ingest_connections", "Open WebSocket connections").unwrap();
+        let connections =
+            IntGauge::new("quire_ingest_connections", "Open WebSocket connections").unwrap();
         let _ = registry.register(Box::new(produced.clone()));
         let _ = registry.register(Box::new(produce_seconds.clone()));
         let _ = registry.register(Box::new(errors.clone()));
         let _ = registry.register(Box::new(connections.clone()));
-        Metrics { produced, produce_seconds, errors, connections }
+        Metrics {
+            produced,
+            produce_seconds,
+            errors,
+            connections,
+        }
     }
 }
 
@@ -46,7 +64,12 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn new(log: Arc<dyn OpLog>, topic: String, limits: Limits, metrics: Metrics) -> Ingest {
-        Ingest { log, topic, limits, metrics }
+        Ingest {
+            log,
+            topic,
+            limits,
+            metrics,
+        }
     }
 
     /// Limits on the op itself (after the duplicate check).
@@ -55,7 +78,10 @@ impl Ingest {
         if bytes > self.limits.max_insert_bytes {
             return Err(ProtoError::new(
                 ErrorCode::TooLarge,
-                format!("op inserts {bytes} bytes, the limit is {}", self.limits.max_insert_bytes),
+                format!(
+                    "op inserts {bytes} bytes, the limit is {}",
+                    self.limits.max_insert_bytes
+                ),
             ));
         }
         Ok(())
@@ -83,7 +109,10 @@ impl Ingest {
             ts: now_ms(),
         };
         let timer = self.metrics.produce_seconds.start_timer();
-        let out = self.log.produce(&self.topic, vec![(doc.to_owned(), rec.encode())]).await;
+        let out = self
+            .log
+            .produce(&self.topic, vec![(doc.to_owned(), rec.encode())])
+            .await;
         timer.observe_duration();
         match out {
             Ok(o) => {
@@ -92,7 +121,10 @@ impl Ingest {
             }
             Err(e) => {
                 tracing::error!(error = %e, "produce failed");
-                Err(ProtoError::new(ErrorCode::Overloaded, format!("the log did not take the op: {e}")))
+                Err(ProtoError::new(
+                    ErrorCode::Overloaded,
+                    format!("the log did not take the op: {e}"),
+                ))
             }
         }
     }

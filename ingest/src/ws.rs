@@ -70,19 +70,33 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 impl Conn {
     async fn send(&mut self, msg: &ServerMsg) -> Result<(), ()> {
         if let ServerMsg::Error { code, .. } = msg {
-            self.gw.ingest.metrics().errors.with_label_values(&[code.as_str()]).inc();
+            self.gw
+                .ingest
+                .metrics()
+                .errors
+                .with_label_values(&[code.as_str()])
+                .inc();
         }
-        self.socket.send(Message::Text(msg.to_json().into())).await.map_err(|_| ())
+        self.socket
+            .send(Message::Text(msg.to_json().into()))
+            .await
+            .map_err(|_| ())
     }
 
     async fn send_frame(&mut self, f: &str) -> Result<(), ()> {
-        self.socket.send(Message::Text(f.into())).await.map_err(|_| ())
+        self.socket
+            .send(Message::Text(f.into()))
+            .await
+            .map_err(|_| ())
     }
 
     /// Sends a close frame and waits briefly for the peer's, so the client
     /// reads our last messages instead of a connection reset.
     async fn close(&mut self, code: u16, reason: &str) {
-        let frame = Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
         if self.socket.send(frame).await.is_err() {
             return;
         }
@@ -176,12 +190,31 @@ impl Conn {
             ClientMsg::Ping => self.send(&ServerMsg::Pong).await,
             ClientMsg::Hello { client, since } => {
                 if self.joined.is_some() {
-                    let e = ProtoError::new(ErrorCode::Protocol, "hello was already sent on this connection");
+                    let e = ProtoError::new(
+                        ErrorCode::Protocol,
+                        "hello was already sent on this connection",
+                    );
                     return self.send(&ServerMsg::error(&e)).await;
                 }
-                match self.gw.fanout.join(&self.doc, &client, &who.user, since).await {
-                    Ok(Joined { id, catchup, rx, kicked, .. }) => {
-                        self.joined = Some(Live { id, client, rx, kicked });
+                match self
+                    .gw
+                    .fanout
+                    .join(&self.doc, &client, &who.user, since)
+                    .await
+                {
+                    Ok(Joined {
+                        id,
+                        catchup,
+                        rx,
+                        kicked,
+                        ..
+                    }) => {
+                        self.joined = Some(Live {
+                            id,
+                            client,
+                            rx,
+                            kicked,
+                        });
                         for f in catchup {
                             self.send_frame(&f).await?;
                         }
@@ -190,29 +223,55 @@ impl Conn {
                     Err(e) => self.send(&ServerMsg::error(&fanout_error(e))).await,
                 }
             }
-            ClientMsg::Op { client, cseq, base, op } => {
+            ClientMsg::Op {
+                client,
+                cseq,
+                base,
+                op,
+            } => {
                 let refusal = |e: ProtoError| ServerMsg::op_error(&e, &client, cseq);
                 let Some(live) = &self.joined else {
                     let e = ProtoError::new(ErrorCode::Protocol, "op before hello");
                     return self.send(&refusal(e)).await;
                 };
                 if live.client != client {
-                    let e = ProtoError::new(ErrorCode::Protocol, format!("op from {client} on a connection that said hello as {}", live.client));
+                    let e = ProtoError::new(
+                        ErrorCode::Protocol,
+                        format!(
+                            "op from {client} on a connection that said hello as {}",
+                            live.client
+                        ),
+                    );
                     return self.send(&refusal(e)).await;
                 }
                 if let Err(e) = who.check_write() {
                     return self.send(&refusal(e)).await;
                 }
                 // Binding and duplicate checks before anything else about the op.
-                match self.gw.fanout.check_op(&self.doc, &client, cseq, &who.user).await {
+                match self
+                    .gw
+                    .fanout
+                    .check_op(&self.doc, &client, cseq, &who.user)
+                    .await
+                {
                     Ok(Some(seq)) => {
-                        return self.send(&ServerMsg::Ack { client, cseq, seq, dup: true }).await;
+                        return self
+                            .send(&ServerMsg::Ack {
+                                client,
+                                cseq,
+                                seq,
+                                dup: true,
+                            })
+                            .await;
                     }
                     Ok(None) => {}
                     Err(e) => return self.send(&refusal(fanout_error(e))).await,
                 }
                 if let Err(wait) = self.ops.take() {
-                    let e = ProtoError::new(ErrorCode::RateLimited, "too many ops; resend this op later");
+                    let e = ProtoError::new(
+                        ErrorCode::RateLimited,
+                        "too many ops; resend this op later",
+                    );
                     let msg = ServerMsg::Error {
                         code: e.code,
                         message: e.message,
@@ -222,7 +281,12 @@ impl Conn {
                     };
                     return self.send(&msg).await;
                 }
-                match self.gw.ingest.submit(&self.doc, &who.user, &client, cseq, base, op).await {
+                match self
+                    .gw
+                    .ingest
+                    .submit(&self.doc, &who.user, &client, cseq, base, op)
+                    .await
+                {
                     // The ack is the applied op, arriving through fanout.
                     Ok(_) => Ok(()),
                     Err(e) => {
@@ -254,7 +318,10 @@ impl Conn {
                     };
                     return self.send(&msg).await;
                 }
-                self.gw.fanout.presence(&self.doc, id, seq, cursor, meta).await;
+                self.gw
+                    .fanout
+                    .presence(&self.doc, id, seq, cursor, meta)
+                    .await;
                 Ok(())
             }
         }

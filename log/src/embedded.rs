@@ -16,7 +16,7 @@ use std::time::Duration;
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
-use crate::{partition_for, LogError, OpLog, Offset, Partition, Record, Result};
+use crate::{partition_for, LogError, Offset, OpLog, Partition, Record, Result};
 
 /// `(topic, partition, offset) -> (key, value)`
 const RECORDS: TableDefinition<(&str, u32, u64), (&str, &[u8])> = TableDefinition::new("records");
@@ -132,7 +132,9 @@ impl EmbeddedLog {
                             Some(v) => v.value(),
                             None => (0, 0),
                         };
-                        parts.insert((topic.as_str(), p), (next, start)).map_err(storage)?;
+                        parts
+                            .insert((topic.as_str(), p), (next, start))
+                            .map_err(storage)?;
                         next_offsets.insert((topic.clone(), p), (next, start));
                         states.push(PartState {
                             hw: watch::channel(next).0,
@@ -169,11 +171,15 @@ impl EmbeddedLog {
             .inner
             .topics
             .get(topic)
-            .ok_or_else(|| LogError::UnknownTopic { topic: topic.into() })?;
-        parts.get(partition as usize).ok_or_else(|| LogError::UnknownPartition {
-            topic: topic.into(),
-            partition,
-        })
+            .ok_or_else(|| LogError::UnknownTopic {
+                topic: topic.into(),
+            })?;
+        parts
+            .get(partition as usize)
+            .ok_or_else(|| LogError::UnknownPartition {
+                topic: topic.into(),
+                partition,
+            })
     }
 
     /// The broker side of an idempotent produce: appends `records` to one
@@ -188,7 +194,9 @@ impl EmbeddedLog {
         first_seq: u64,
         records: Vec<(String, Vec<u8>)>,
     ) -> Result<Offset> {
-        let rx = self.enqueue(topic, partition, producer, first_seq, records).await?;
+        let rx = self
+            .enqueue(topic, partition, producer, first_seq, records)
+            .await?;
         rx.await.map_err(|_| LogError::Closed)?
     }
 
@@ -263,7 +271,9 @@ impl OpLog for EmbeddedLog {
             .topics
             .get(topic)
             .map(|p| p.len() as u32)
-            .ok_or_else(|| LogError::UnknownTopic { topic: topic.into() })
+            .ok_or_else(|| LogError::UnknownTopic {
+                topic: topic.into(),
+            })
     }
 
     async fn produce(
@@ -274,7 +284,10 @@ impl OpLog for EmbeddedLog {
         let n = self.partitions(topic)?;
         let mut by_part: HashMap<Partition, Vec<(usize, (String, Vec<u8>))>> = HashMap::new();
         for (i, r) in records.into_iter().enumerate() {
-            by_part.entry(partition_for(&r.0, n)).or_default().push((i, r));
+            by_part
+                .entry(partition_for(&r.0, n))
+                .or_default()
+                .push((i, r));
         }
         let total: usize = by_part.values().map(Vec::len).sum();
         let mut out = vec![(0, 0); total];
@@ -337,7 +350,10 @@ impl OpLog for EmbeddedLog {
         let r = self.inner.db.begin_read().map_err(storage)?;
         let t = r.open_table(RECORDS).map_err(storage)?;
         let mut out = Vec::with_capacity((end - from) as usize);
-        for item in t.range((topic, partition, from)..(topic, partition, end)).map_err(storage)? {
+        for item in t
+            .range((topic, partition, from)..(topic, partition, end))
+            .map_err(storage)?
+        {
             let (k, v) = item.map_err(storage)?;
             let (key, value) = v.value();
             out.push(Record {
@@ -367,7 +383,13 @@ impl OpLog for EmbeddedLog {
         Ok(self.part(topic, partition)?.start.load(Ordering::Acquire))
     }
 
-    async fn commit(&self, group: &str, topic: &str, partition: Partition, next: Offset) -> Result<()> {
+    async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: Partition,
+        next: Offset,
+    ) -> Result<()> {
         self.part(topic, partition)?;
         let (reply, rx) = oneshot::channel();
         self.inner
@@ -384,14 +406,26 @@ impl OpLog for EmbeddedLog {
         rx.await.map_err(|_| LogError::Closed)?
     }
 
-    async fn committed(&self, group: &str, topic: &str, partition: Partition) -> Result<Option<Offset>> {
+    async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: Partition,
+    ) -> Result<Option<Offset>> {
         self.part(topic, partition)?;
         let r = self.inner.db.begin_read().map_err(storage)?;
         let t = r.open_table(GROUPS).map_err(storage)?;
-        Ok(t.get((group, topic, partition)).map_err(storage)?.map(|v| v.value()))
+        Ok(t.get((group, topic, partition))
+            .map_err(storage)?
+            .map(|v| v.value()))
     }
 
-    async fn delete_records(&self, topic: &str, partition: Partition, before: Offset) -> Result<Offset> {
+    async fn delete_records(
+        &self,
+        topic: &str,
+        partition: Partition,
+        before: Offset,
+    ) -> Result<Offset> {
         self.part(topic, partition)?;
         let (reply, rx) = oneshot::channel();
         self.inner
@@ -422,7 +456,13 @@ enum Effect {
     Started(String, Partition, u64),
 }
 
+/// Answers one request once its transaction's fate is known (the error
+/// text when the commit failed).
+type Reply = Box<dyn FnOnce(Option<&str>)>;
+
 /// The writer thread: group commit of everything queued.
+// redb::Error is large, but it is built at most once per transaction.
+#[allow(clippy::result_large_err)]
 fn writer(
     db: Arc<Database>,
     mut rx: mpsc::Receiver<WriteReq>,
@@ -438,7 +478,7 @@ fn writer(
             }
         }
         let saved = offsets.clone();
-        let mut replies: Vec<Box<dyn FnOnce(Option<&str>)>> = Vec::with_capacity(batch.len());
+        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
         let mut effects = Vec::new();
         let result = (|| -> std::result::Result<(), redb::Error> {
             let w = db.begin_write()?;
@@ -449,20 +489,31 @@ fn writer(
                 let mut producers = w.open_table(PRODUCERS)?;
                 for req in batch.drain(..) {
                     match req {
-                        WriteReq::Append { topic, partition, producer, first_seq, records: recs, reply } => {
+                        WriteReq::Append {
+                            topic,
+                            partition,
+                            producer,
+                            first_seq,
+                            records: recs,
+                            reply,
+                        } => {
                             let key = (topic.clone(), partition);
                             let (next, start) = offsets[&key];
                             let n = recs.len() as u64;
-                            let last = producers.get((topic.as_str(), partition, producer.as_str()))?.map(|v| v.value());
+                            let last = producers
+                                .get((topic.as_str(), partition, producer.as_str()))?
+                                .map(|v| v.value());
                             let outcome = match last {
                                 Some((s, c, off)) if s == first_seq && c == n => Ok(Some(off)),
-                                Some((s, c, _)) if first_seq != s + c => Err(LogError::OutOfOrderSequence {
-                                    topic: topic.clone(),
-                                    partition,
-                                    producer: producer.clone(),
-                                    expected: s + c,
-                                    got: first_seq,
-                                }),
+                                Some((s, c, _)) if first_seq != s + c => {
+                                    Err(LogError::OutOfOrderSequence {
+                                        topic: topic.clone(),
+                                        partition,
+                                        producer: producer.clone(),
+                                        expected: s + c,
+                                        got: first_seq,
+                                    })
+                                }
                                 None if first_seq != 0 => Err(LogError::OutOfOrderSequence {
                                     topic: topic.clone(),
                                     partition,
@@ -483,10 +534,16 @@ fn writer(
                                 }
                                 Ok(None) => {
                                     for (i, (k, v)) in recs.iter().enumerate() {
-                                        records.insert((topic.as_str(), partition, next + i as u64), (k.as_str(), v.as_slice()))?;
+                                        records.insert(
+                                            (topic.as_str(), partition, next + i as u64),
+                                            (k.as_str(), v.as_slice()),
+                                        )?;
                                     }
                                     parts.insert((topic.as_str(), partition), (next + n, start))?;
-                                    producers.insert((topic.as_str(), partition, producer.as_str()), (first_seq, n, next))?;
+                                    producers.insert(
+                                        (topic.as_str(), partition, producer.as_str()),
+                                        (first_seq, n, next),
+                                    )?;
                                     offsets.insert(key, (next + n, start));
                                     effects.push(Effect::Appended(topic, partition, next + n));
                                     replies.push(Box::new(move |err| {
@@ -503,7 +560,13 @@ fn writer(
                                 }
                             }
                         }
-                        WriteReq::Commit { group, topic, partition, next, reply } => {
+                        WriteReq::Commit {
+                            group,
+                            topic,
+                            partition,
+                            next,
+                            reply,
+                        } => {
                             groups.insert((group.as_str(), topic.as_str(), partition), next)?;
                             replies.push(Box::new(move |err| {
                                 let _ = reply.send(match err {
@@ -512,12 +575,21 @@ fn writer(
                                 });
                             }));
                         }
-                        WriteReq::Delete { topic, partition, before, reply } => {
+                        WriteReq::Delete {
+                            topic,
+                            partition,
+                            before,
+                            reply,
+                        } => {
                             let key = (topic.clone(), partition);
                             let (next, start) = offsets[&key];
                             let new_start = before.min(next).max(start);
                             if new_start > start {
-                                records.retain_in((topic.as_str(), partition, start)..(topic.as_str(), partition, new_start), |_, _| false)?;
+                                records.retain_in(
+                                    (topic.as_str(), partition, start)
+                                        ..(topic.as_str(), partition, new_start),
+                                    |_, _| false,
+                                )?;
                                 parts.insert((topic.as_str(), partition), (next, new_start))?;
                                 offsets.insert(key, (next, new_start));
                                 effects.push(Effect::Started(topic, partition, new_start));
@@ -544,7 +616,9 @@ fn writer(
                 match eff {
                     // Start first: a reader that sees the new watermark must
                     // not read below a start that has already moved.
-                    Effect::Started(t, p, s) => inner.topics[&t][p as usize].start.store(s, Ordering::Release),
+                    Effect::Started(t, p, s) => inner.topics[&t][p as usize]
+                        .start
+                        .store(s, Ordering::Release),
                     Effect::Appended(t, p, hw) => {
                         inner.topics[&t][p as usize].hw.send_replace(hw);
                     }

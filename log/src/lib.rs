@@ -71,8 +71,11 @@ pub trait OpLog: Send + Sync + 'static {
     /// Returns `(partition, offset)` per record, in order. Records of one
     /// partition keep their order. Retries inside the producer never append
     /// a record twice (idempotent producer).
-    async fn produce(&self, topic: &str, records: Vec<(String, Vec<u8>)>)
-        -> Result<Vec<(Partition, Offset)>>;
+    async fn produce(
+        &self,
+        topic: &str,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<(Partition, Offset)>>;
 
     /// Records of `topic/partition` from `from`, at most `max`. When none is
     /// there yet, waits up to `wait` for one. Only durable records are seen.
@@ -92,17 +95,30 @@ pub trait OpLog: Send + Sync + 'static {
     async fn log_start(&self, topic: &str, partition: Partition) -> Result<Offset>;
 
     /// Commits a consumer group's position (the next offset to read).
-    async fn commit(&self, group: &str, topic: &str, partition: Partition, next: Offset)
-        -> Result<()>;
+    async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: Partition,
+        next: Offset,
+    ) -> Result<()>;
 
     /// A consumer group's committed position, if any.
-    async fn committed(&self, group: &str, topic: &str, partition: Partition)
-        -> Result<Option<Offset>>;
+    async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: Partition,
+    ) -> Result<Option<Offset>>;
 
     /// Deletes every record below `before` (Kafka's DeleteRecords); returns
     /// the new log start. Never moves the start backwards.
-    async fn delete_records(&self, topic: &str, partition: Partition, before: Offset)
-        -> Result<Offset>;
+    async fn delete_records(
+        &self,
+        topic: &str,
+        partition: Partition,
+        before: Offset,
+    ) -> Result<Offset>;
 
     /// Whether the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;

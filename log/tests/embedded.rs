@@ -20,15 +20,28 @@ async fn offsets_are_shared_by_the_keys_of_a_partition() {
     // Find two keys on one partition.
     let a = "doc-a".to_owned();
     let p = partition_for(&a, 4);
-    let b = (0..100).map(|i| format!("doc-{i}")).find(|k| k != &a && partition_for(k, 4) == p).unwrap();
+    let b = (0..100)
+        .map(|i| format!("doc-{i}"))
+        .find(|k| k != &a && partition_for(k, 4) == p)
+        .unwrap();
     let out = log
         .produce("t.ops", vec![rec(&a, "1"), rec(&b, "2"), rec(&a, "3")])
         .await
         .unwrap();
     assert_eq!(out, vec![(p, 0), (p, 1), (p, 2)]);
     let got = log.fetch("t.ops", p, 0, 10, Duration::ZERO).await.unwrap();
-    let vals: Vec<_> = got.iter().map(|r| (r.offset, r.key.clone(), r.value.clone())).collect();
-    assert_eq!(vals, vec![(0, a.clone(), b"1".to_vec()), (1, b, b"2".to_vec()), (2, a, b"3".to_vec())]);
+    let vals: Vec<_> = got
+        .iter()
+        .map(|r| (r.offset, r.key.clone(), r.value.clone()))
+        .collect();
+    assert_eq!(
+        vals,
+        vec![
+            (0, a.clone(), b"1".to_vec()),
+            (1, b, b"2".to_vec()),
+            (2, a, b"3".to_vec())
+        ]
+    );
     assert_eq!(log.high_watermark("t.ops", p).await.unwrap(), 3);
 }
 
@@ -36,15 +49,44 @@ async fn offsets_are_shared_by_the_keys_of_a_partition() {
 async fn a_retried_batch_is_not_appended_twice() {
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(config(dir.path())).unwrap();
-    let first = log.append_with_sequence("t.ops", 0, "p1", 0, vec![rec("k", "a"), rec("k", "b")]).await.unwrap();
-    let again = log.append_with_sequence("t.ops", 0, "p1", 0, vec![rec("k", "a"), rec("k", "b")]).await.unwrap();
+    let first = log
+        .append_with_sequence("t.ops", 0, "p1", 0, vec![rec("k", "a"), rec("k", "b")])
+        .await
+        .unwrap();
+    let again = log
+        .append_with_sequence("t.ops", 0, "p1", 0, vec![rec("k", "a"), rec("k", "b")])
+        .await
+        .unwrap();
     assert_eq!(first, again, "a retry answers the original offset");
-    assert_eq!(log.high_watermark("t.ops", 0).await.unwrap(), 2, "and appends nothing");
+    assert_eq!(
+        log.high_watermark("t.ops", 0).await.unwrap(),
+        2,
+        "and appends nothing"
+    );
     // Another producer interleaves; p1 continues its own sequence.
-    log.append_with_sequence("t.ops", 0, "p2", 0, vec![rec("k", "x")]).await.unwrap();
-    assert_eq!(log.append_with_sequence("t.ops", 0, "p1", 2, vec![rec("k", "c")]).await.unwrap(), 3);
-    let gap = log.append_with_sequence("t.ops", 0, "p1", 9, vec![rec("k", "d")]).await;
-    assert!(matches!(gap, Err(LogError::OutOfOrderSequence { expected: 3, got: 9, .. })), "{gap:?}");
+    log.append_with_sequence("t.ops", 0, "p2", 0, vec![rec("k", "x")])
+        .await
+        .unwrap();
+    assert_eq!(
+        log.append_with_sequence("t.ops", 0, "p1", 2, vec![rec("k", "c")])
+            .await
+            .unwrap(),
+        3
+    );
+    let gap = log
+        .append_with_sequence("t.ops", 0, "p1", 9, vec![rec("k", "d")])
+        .await;
+    assert!(
+        matches!(
+            gap,
+            Err(LogError::OutOfOrderSequence {
+                expected: 3,
+                got: 9,
+                ..
+            })
+        ),
+        "{gap:?}"
+    );
     assert_eq!(log.high_watermark("t.ops", 0).await.unwrap(), 4);
 }
 
@@ -61,7 +103,11 @@ async fn fetch_waits_for_new_records() {
     log.produce("t.ops", vec![rec("k", "late")]).await.unwrap();
     let got = reader.await.unwrap().unwrap();
     assert_eq!(got.len(), 1);
-    assert!(log.fetch("t.ops", p, 1, 10, Duration::from_millis(20)).await.unwrap().is_empty());
+    assert!(log
+        .fetch("t.ops", p, 1, 10, Duration::from_millis(20))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -74,9 +120,16 @@ async fn delete_records_and_consumer_positions_survive_reopen() {
         log.produce("t.ops", recs).await.unwrap();
         log.commit("g", "t.ops", p, 7).await.unwrap();
         assert_eq!(log.delete_records("t.ops", p, 5).await.unwrap(), 5);
-        assert_eq!(log.delete_records("t.ops", p, 2).await.unwrap(), 5, "never backwards");
+        assert_eq!(
+            log.delete_records("t.ops", p, 2).await.unwrap(),
+            5,
+            "never backwards"
+        );
         let err = log.fetch("t.ops", p, 3, 10, Duration::ZERO).await;
-        assert!(matches!(err, Err(LogError::OffsetOutOfRange { log_start: 5, .. })), "{err:?}");
+        assert!(
+            matches!(err, Err(LogError::OffsetOutOfRange { log_start: 5, .. })),
+            "{err:?}"
+        );
     }
     tokio::time::sleep(Duration::from_millis(50)).await; // let the old writer thread exit
     let log = EmbeddedLog::open(config(dir.path())).unwrap();
@@ -88,7 +141,10 @@ async fn delete_records_and_consumer_positions_survive_reopen() {
     assert_eq!(got.first().unwrap().value, b"5".to_vec());
     assert_eq!(got.len(), 5);
     // Offsets keep counting after a reopen.
-    assert_eq!(log.produce("t.ops", vec![rec("k", "x")]).await.unwrap(), vec![(p, 10)]);
+    assert_eq!(
+        log.produce("t.ops", vec![rec("k", "x")]).await.unwrap(),
+        vec![(p, 10)]
+    );
 }
 
 #[tokio::test]
@@ -102,7 +158,10 @@ async fn concurrent_producers_share_commits_and_keep_order() {
             let key = format!("writer-{w}");
             let mut offsets = Vec::new();
             for i in 0..50 {
-                let out = log.produce("t.ops", vec![rec(&key, &i.to_string())]).await.unwrap();
+                let out = log
+                    .produce("t.ops", vec![rec(&key, &i.to_string())])
+                    .await
+                    .unwrap();
                 offsets.push(out[0].1);
             }
             (key, offsets)
@@ -111,7 +170,10 @@ async fn concurrent_producers_share_commits_and_keep_order() {
     let mut total = 0;
     for t in tasks {
         let (key, offsets) = t.await.unwrap();
-        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{key}: offsets out of order");
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "{key}: offsets out of order"
+        );
         total += offsets.len();
     }
     let mut seen = 0;
@@ -128,5 +190,8 @@ async fn reopening_with_other_partition_counts_is_refused() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut c = config(dir.path());
     c.topics[0].1 = 3;
-    assert!(matches!(EmbeddedLog::open(c), Err(LogError::PartitionMismatch { .. })));
+    assert!(matches!(
+        EmbeddedLog::open(c),
+        Err(LogError::PartitionMismatch { .. })
+    ));
 }

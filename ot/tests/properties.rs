@@ -125,7 +125,11 @@ fn apply_matches_naive_reference() {
         let doc = rand_text(r, 12);
         let op = rand_op(r, doc.chars().count());
         assert!(is_normal(&op));
-        assert_eq!(apply(&doc, &op).unwrap(), naive_apply(&doc, &op), "{doc:?} {op:?}");
+        assert_eq!(
+            apply(&doc, &op).unwrap(),
+            naive_apply(&doc, &op),
+            "{doc:?} {op:?}"
+        );
     });
 }
 
@@ -142,7 +146,11 @@ fn transform_tp1_and_tie_rule_match_naive_merge() {
         let via_b = apply(&apply(&doc, &b).unwrap(), &a2).unwrap();
         let via_a = apply(&apply(&doc, &a).unwrap(), &b2).unwrap();
         assert_eq!(via_a, via_b, "TP1: doc={doc:?} a={a:?} b={b:?}");
-        assert_eq!(via_a, naive_merge(&doc, &a, &b), "tie rule: doc={doc:?} a={a:?} b={b:?}");
+        assert_eq!(
+            via_a,
+            naive_merge(&doc, &a, &b),
+            "tie rule: doc={doc:?} a={a:?} b={b:?}"
+        );
     });
 }
 
@@ -155,7 +163,11 @@ fn compose_matches_sequential_apply() {
         let b = rand_op(r, mid.chars().count());
         let ab = compose(&a, &b);
         assert!(is_normal(&ab));
-        assert_eq!(apply(&doc, &ab).unwrap(), apply(&mid, &b).unwrap(), "{doc:?} {a:?} {b:?}");
+        assert_eq!(
+            apply(&doc, &ab).unwrap(),
+            apply(&mid, &b).unwrap(),
+            "{doc:?} {a:?} {b:?}"
+        );
     });
 }
 

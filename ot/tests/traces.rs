@@ -46,7 +46,10 @@ fn load(p: &std::path::Path) -> Trace {
 #[test]
 fn replay_every_sequential_trace() {
     let paths = traces();
-    assert!(paths.len() >= 10, "expected the shared traces, found {paths:?}");
+    assert!(
+        paths.len() >= 10,
+        "expected the shared traces, found {paths:?}"
+    );
     for p in paths {
         let t = load(&p);
         let mut rope = Rope::new();
@@ -63,6 +66,10 @@ fn replay_every_sequential_trace() {
             ops += 1;
         }
         assert!(rope == t.end_content.as_str(), "{} diverged", p.display());
-        println!("{}: {ops} txns replayed, {} chars", p.display(), rope.len_chars());
+        println!(
+            "{}: {ops} txns replayed, {} chars",
+            p.display(),
+            rope.len_chars()
+        );
     }
 }

@@ -63,5 +63,8 @@ fn shared_vectors() {
         *counts.entry(kind).or_default() += 1;
     }
     println!("reproduced vectors: {counts:?}");
-    assert!(counts.values().sum::<usize>() > 1000, "too few vectors read");
+    assert!(
+        counts.values().sum::<usize>() > 1000,
+        "too few vectors read"
+    );
 }

@@ -10,7 +10,10 @@ fn check(kind: &str, s: &str, max: usize, extra: &[char]) -> Result<(), ProtoErr
     } else {
         Err(ProtoError::new(
             ErrorCode::BadMessage,
-            format!("{kind} must be 1-{max} characters of [A-Za-z0-9_-{}]", extra.iter().collect::<String>()),
+            format!(
+                "{kind} must be 1-{max} characters of [A-Za-z0-9_-{}]",
+                extra.iter().collect::<String>()
+            ),
         ))
     }
 }

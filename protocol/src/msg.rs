@@ -42,8 +42,9 @@ pub const MAX_META_BYTES: usize = 1024;
 impl ClientMsg {
     /// Parses and checks one text frame.
     pub fn parse(text: &str) -> Result<ClientMsg, ProtoError> {
-        let msg: ClientMsg = serde_json::from_str(text)
-            .map_err(|e| ProtoError::new(ErrorCode::BadMessage, format!("unreadable message: {e}")))?;
+        let msg: ClientMsg = serde_json::from_str(text).map_err(|e| {
+            ProtoError::new(ErrorCode::BadMessage, format!("unreadable message: {e}"))
+        })?;
         msg.check()?;
         Ok(msg)
     }
@@ -66,7 +67,10 @@ impl ClientMsg {
                     ErrorCode::TooLarge,
                     format!("presence meta is over {MAX_META_BYTES} bytes"),
                 )),
-                Some(_) => Err(ProtoError::new(ErrorCode::BadMessage, "presence meta must be an object")),
+                Some(_) => Err(ProtoError::new(
+                    ErrorCode::BadMessage,
+                    "presence meta must be an object",
+                )),
             },
             ClientMsg::Ping => Ok(()),
         }
@@ -110,7 +114,11 @@ pub enum ServerMsg {
         client: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cseq: Option<u64>,
-        #[serde(rename = "retryAfterMs", default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            rename = "retryAfterMs",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
         retry_after_ms: Option<u64>,
     },
     Presence {
@@ -178,17 +186,25 @@ mod tests {
     fn parses_every_client_message() {
         assert_eq!(
             ClientMsg::parse(r#"{"type":"hello","client":"c1","since":4,"extra":1}"#).unwrap(),
-            ClientMsg::Hello { client: "c1".into(), since: Some(4) }
+            ClientMsg::Hello {
+                client: "c1".into(),
+                since: Some(4)
+            }
         );
         assert!(matches!(
             ClientMsg::parse(r#"{"type":"op","client":"c1","cseq":1,"base":0,"op":["hi"]}"#),
             Ok(ClientMsg::Op { .. })
         ));
         assert!(matches!(
-            ClientMsg::parse(r#"{"type":"presence","seq":3,"cursor":{"anchor":1,"head":2},"meta":{"name":"a"}}"#),
+            ClientMsg::parse(
+                r#"{"type":"presence","seq":3,"cursor":{"anchor":1,"head":2},"meta":{"name":"a"}}"#
+            ),
             Ok(ClientMsg::Presence { .. })
         ));
-        assert_eq!(ClientMsg::parse(r#"{"type":"ping"}"#).unwrap(), ClientMsg::Ping);
+        assert_eq!(
+            ClientMsg::parse(r#"{"type":"ping"}"#).unwrap(),
+            ClientMsg::Ping
+        );
     }
 
     #[test]
@@ -196,14 +212,38 @@ mod tests {
         assert_eq!(code("not json"), ErrorCode::BadMessage);
         assert_eq!(code(r#"{"type":"nope"}"#), ErrorCode::BadMessage);
         assert_eq!(code(r#"{"client":"c"}"#), ErrorCode::BadMessage);
-        assert_eq!(code(r#"{"type":"op","client":"c","cseq":"1","base":0,"op":[]}"#), ErrorCode::BadMessage);
-        assert_eq!(code(r#"{"type":"op","client":"c","cseq":-1,"base":0,"op":[]}"#), ErrorCode::BadMessage);
-        assert_eq!(code(r#"{"type":"op","client":"c","cseq":0,"base":0,"op":[]}"#), ErrorCode::BadMessage);
-        assert_eq!(code(r#"{"type":"op","client":"c","cseq":1,"base":0,"op":[1.5]}"#), ErrorCode::BadMessage);
-        assert_eq!(code(r#"{"type":"op","client":"c","cseq":1,"base":0,"op":{}}"#), ErrorCode::BadMessage);
-        assert_eq!(code(r#"{"type":"hello","client":"bad id!"}"#), ErrorCode::BadMessage);
-        assert_eq!(code(r#"{"type":"presence","seq":1,"meta":"x"}"#), ErrorCode::BadMessage);
-        let big = format!(r#"{{"type":"presence","seq":1,"meta":{{"n":"{}"}}}}"#, "x".repeat(2000));
+        assert_eq!(
+            code(r#"{"type":"op","client":"c","cseq":"1","base":0,"op":[]}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"op","client":"c","cseq":-1,"base":0,"op":[]}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"op","client":"c","cseq":0,"base":0,"op":[]}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"op","client":"c","cseq":1,"base":0,"op":[1.5]}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"op","client":"c","cseq":1,"base":0,"op":{}}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"hello","client":"bad id!"}"#),
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            code(r#"{"type":"presence","seq":1,"meta":"x"}"#),
+            ErrorCode::BadMessage
+        );
+        let big = format!(
+            r#"{{"type":"presence","seq":1,"meta":{{"n":"{}"}}}}"#,
+            "x".repeat(2000)
+        );
         assert_eq!(code(&big), ErrorCode::TooLarge);
     }
 
@@ -220,7 +260,15 @@ mod tests {
             e.to_json(),
             r#"{"type":"error","code":"RATE_LIMITED","message":"slow down","retryAfterMs":50}"#
         );
-        let ack = ServerMsg::Ack { client: "c".into(), cseq: 2, seq: 9, dup: true };
-        assert_eq!(ack.to_json(), r#"{"type":"ack","client":"c","cseq":2,"seq":9,"dup":true}"#);
+        let ack = ServerMsg::Ack {
+            client: "c".into(),
+            cseq: 2,
+            seq: 9,
+            dup: true,
+        };
+        assert_eq!(
+            ack.to_json(),
+            r#"{"type":"ack","client":"c","cseq":2,"seq":9,"dup":true}"#
+        );
     }
 }

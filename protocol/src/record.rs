@@ -97,12 +97,19 @@ struct Header {
 }
 
 fn check_version(bytes: &[u8]) -> Result<(), ProtoError> {
-    let h: Header = serde_json::from_slice(bytes)
-        .map_err(|e| ProtoError::new(ErrorCode::BadMessage, format!("record without a version: {e}")))?;
+    let h: Header = serde_json::from_slice(bytes).map_err(|e| {
+        ProtoError::new(
+            ErrorCode::BadMessage,
+            format!("record without a version: {e}"),
+        )
+    })?;
     if h.v != RECORD_VERSION {
         return Err(ProtoError::new(
             ErrorCode::BadMessage,
-            format!("record version {} is not known to this reader (knows {RECORD_VERSION})", h.v),
+            format!(
+                "record version {} is not known to this reader (knows {RECORD_VERSION})",
+                h.v
+            ),
         ));
     }
     Ok(())
@@ -162,7 +169,10 @@ mod tests {
             json,
             r#"{"kind":"applied","v":1,"doc":"d","seq":5,"prev":2,"client":"c","cseq":1,"base":2,"user":"u","ts":7,"op":[1,"x",-1],"del":["y"]}"#
         );
-        assert_eq!(decode_out_record(json.as_bytes()).unwrap(), OutRecord::Applied(r));
+        assert_eq!(
+            decode_out_record(json.as_bytes()).unwrap(),
+            OutRecord::Applied(r)
+        );
     }
 
     #[test]

@@ -57,19 +57,27 @@ impl ServeConfig {
 }
 
 /// Runs every role until `shutdown`, serving on `listener`.
-pub async fn run(config: ServeConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     config.validate()?;
     let topics = Topics::with_prefix(&config.topic_prefix);
     let log: Arc<dyn OpLog> = Arc::new(
         EmbeddedLog::open(EmbeddedLogConfig {
             dir: config.data.join("log"),
-            topics: vec![(topics.ops.clone(), config.partitions), (topics.applied.clone(), config.partitions)],
+            topics: vec![
+                (topics.ops.clone(), config.partitions),
+                (topics.applied.clone(), config.partitions),
+            ],
         })
         .with_context(|| format!("opening the embedded log under {}", config.data.display()))?,
     );
     let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&config.data.join("store"))
-            .with_context(|| format!("opening the embedded store under {}", config.data.display()))?,
+        EmbeddedStore::open(&config.data.join("store")).with_context(|| {
+            format!("opening the embedded store under {}", config.data.display())
+        })?,
     );
     let registry = Registry::new();
 
@@ -97,7 +105,12 @@ pub async fn run(config: ServeConfig, listener: TcpListener, shutdown: Cancellat
             },
             ..TransformerConfig::default()
         };
-        let (log, store, m, s) = (log.clone(), store.clone(), transformer::Metrics::new(&registry), shutdown.clone());
+        let (log, store, m, s) = (
+            log.clone(),
+            store.clone(),
+            transformer::Metrics::new(&registry),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
             if let Err(e) = transformer::run(cfg, log, store, m, s).await {
                 tracing::error!(error = %e, "transformer stopped");
@@ -117,7 +130,12 @@ pub async fn run(config: ServeConfig, listener: TcpListener, shutdown: Cancellat
             truncate_every: config.truncate_every,
             ..CompactorConfig::default()
         };
-        let (log, store, m, s) = (log.clone(), store.clone(), compactor::Metrics::new(&registry), shutdown.clone());
+        let (log, store, m, s) = (
+            log.clone(),
+            store.clone(),
+            compactor::Metrics::new(&registry),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
             if let Err(e) = compactor::run(cfg, log, store, m, s).await {
                 tracing::error!(error = %e, "compactor stopped");
@@ -134,7 +152,12 @@ pub async fn run(config: ServeConfig, listener: TcpListener, shutdown: Cancellat
     };
     let gateway = Gateway {
         auth,
-        ingest: Ingest::new(log.clone(), topics.ops.clone(), config.limits.clone(), ingest::Metrics::new(&registry)),
+        ingest: Ingest::new(
+            log.clone(),
+            topics.ops.clone(),
+            config.limits.clone(),
+            ingest::Metrics::new(&registry),
+        ),
         fanout,
         registry,
         shutdown: shutdown.clone(),
@@ -155,7 +178,12 @@ pub async fn run(config: ServeConfig, listener: TcpListener, shutdown: Cancellat
 
     // One shutdown pattern: cancel, give the roles a grace period, then abort.
     shutdown.cancel();
-    if tokio::time::timeout(config.grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(config.grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
         tracing::warn!("roles did not stop within the grace period; aborting them");
         tasks.abort_all();
     }

@@ -11,7 +11,11 @@ use quire::ServeConfig;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "quire", version, about = "Quire: a real-time collaborative plain-text editing backend")]
+#[command(
+    name = "quire",
+    version,
+    about = "Quire: a real-time collaborative plain-text editing backend"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -112,7 +116,10 @@ impl ServeArgs {
             partitions: self.partitions,
             topic_prefix: self.topic_prefix,
             limits,
-            window: WindowPolicy { min_ops: self.window_ops, min_age_ms: self.window_ms },
+            window: WindowPolicy {
+                min_ops: self.window_ops,
+                min_age_ms: self.window_ms,
+            },
             snapshot_every: self.snapshot_every,
             retain_records: self.retain_records,
             truncate_every: Duration::from_millis(self.truncate_every_ms),
@@ -127,11 +134,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QUIRE_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("QUIRE_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.cmd {
         Cmd::Serve(args) => rt.block_on(serve(args.into_config()?)),
     }
@@ -145,7 +155,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if config.jwt_secret.is_none() {
         println!("quire: OPEN mode (no QUIRE_JWT_SECRET): every request acts as user 'anonymous'");
     }
-    println!("quire listening on http://{local} (data in {})", config.data.display());
+    println!(
+        "quire listening on http://{local} (data in {})",
+        config.data.display()
+    );
     std::io::stdout().flush()?;
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
@@ -161,7 +174,8 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

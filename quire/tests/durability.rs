@@ -14,12 +14,21 @@ const T: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_nothing_acknowledged() {
-    let mut server = Server::start(&["--snapshot-every", "20", "--truncate-every-ms", "200", "--retain-records", "10"]);
+    let mut server = Server::start(&[
+        "--snapshot-every",
+        "20",
+        "--truncate-every-ms",
+        "200",
+        "--retain-records",
+        "10",
+    ]);
     let mut tasks = Vec::new();
     for i in 0..3 {
         let ws = server.ws();
         tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(&ws, "durable", &format!("w{i}"), None).await.unwrap();
+            let mut c = Client::connect(&ws, "durable", &format!("w{i}"), None)
+                .await
+                .unwrap();
             let mut r = SplitMix64::new(i);
             // Edit until the server dies under us.
             loop {
@@ -50,10 +59,18 @@ async fn kill_9_mid_stream_loses_nothing_acknowledged() {
             })
         })
         .collect();
-    assert!(acked.len() > 10, "the clients were acknowledged only {} ops before the kill", acked.len());
+    assert!(
+        acked.len() > 10,
+        "the clients were acknowledged only {} ops before the kill",
+        acked.len()
+    );
     let history = all_ops(&server, "durable");
     for (client, cseq, seq) in &acked {
-        assert_eq!(history.get(&(client.clone(), *cseq)), Some(seq), "acknowledged op {client}/{cseq} lost");
+        assert_eq!(
+            history.get(&(client.clone(), *cseq)),
+            Some(seq),
+            "acknowledged op {client}/{cseq} lost"
+        );
     }
     // Clients resume with `since`, resend what was in flight, and converge.
     for c in clients.iter_mut() {
@@ -65,12 +82,21 @@ async fn kill_9_mid_stream_loses_nothing_acknowledged() {
     let version = doc["seq"].as_u64().unwrap();
     for c in clients.iter_mut() {
         c.wait_version(version, T).await.unwrap();
-        assert_eq!(c.text(), doc["text"].as_str().unwrap(), "{} diverged", c.core.client_id);
+        assert_eq!(
+            c.text(),
+            doc["text"].as_str().unwrap(),
+            "{} diverged",
+            c.core.client_id
+        );
     }
     // Nothing applied twice: each (client, cseq) once in the history.
     let history_again = all_ops(&server, "durable");
     assert_eq!(history_again.len(), count_ops(&server, "durable"));
-    println!("acknowledged before the kill: {}, history after: {}", acked.len(), history_again.len());
+    println!(
+        "acknowledged before the kill: {}, history after: {}",
+        acked.len(),
+        history_again.len()
+    );
 }
 
 fn page(server: &Server, doc: &str, after: u64) -> serde_json::Value {
@@ -85,8 +111,15 @@ fn all_ops(server: &Server, doc: &str) -> HashMap<(String, u64), u64> {
     loop {
         let p = page(server, doc, after);
         for o in p["ops"].as_array().unwrap() {
-            let key = (o["client"].as_str().unwrap().to_owned(), o["cseq"].as_u64().unwrap());
-            assert!(out.insert(key.clone(), o["seq"].as_u64().unwrap()).is_none(), "{key:?} applied twice");
+            let key = (
+                o["client"].as_str().unwrap().to_owned(),
+                o["cseq"].as_u64().unwrap(),
+            );
+            assert!(
+                out.insert(key.clone(), o["seq"].as_u64().unwrap())
+                    .is_none(),
+                "{key:?} applied twice"
+            );
         }
         match p["next"].as_u64() {
             Some(n) => after = n,

@@ -17,13 +17,24 @@ const T: Duration = Duration::from_secs(30);
 fn assert_exactly_once(c: &Client) {
     let mut seen = HashSet::new();
     for (seq, _) in &c.applied {
-        assert!(seen.insert(*seq), "{} saw seq {seq} twice", c.core.client_id);
+        assert!(
+            seen.insert(*seq),
+            "{} saw seq {seq} twice",
+            c.core.client_id
+        );
     }
-    assert!(!c.events.iter().any(|e| matches!(e, CoreEvent::Gap { .. })), "{} saw a gap", c.core.client_id);
+    assert!(
+        !c.events.iter().any(|e| matches!(e, CoreEvent::Gap { .. })),
+        "{} saw a gap",
+        c.core.client_id
+    );
 }
 
 async fn next_msg(c: &mut Client) -> ServerMsg {
-    c.recv(Instant::now() + T).await.unwrap().expect("a message")
+    c.recv(Instant::now() + T)
+        .await
+        .unwrap()
+        .expect("a message")
 }
 
 async fn next_non_presence(c: &mut Client) -> ServerMsg {
@@ -40,7 +51,11 @@ async fn concurrent_editors_converge_and_equal_http() {
     let server = Server::start(&[]);
     let mut clients = Vec::new();
     for i in 0..4 {
-        clients.push(Client::connect(&server.ws(), "conv", &format!("c{i}"), None).await.unwrap());
+        clients.push(
+            Client::connect(&server.ws(), "conv", &format!("c{i}"), None)
+                .await
+                .unwrap(),
+        );
     }
     let mut r = SplitMix64::new(7);
     for _round in 0..40 {
@@ -62,7 +77,12 @@ async fn concurrent_editors_converge_and_equal_http() {
     }
     let (_, doc) = server.get("/v1/docs/conv");
     for c in &clients {
-        assert_eq!(c.text(), doc["text"].as_str().unwrap(), "{} diverged", c.core.client_id);
+        assert_eq!(
+            c.text(),
+            doc["text"].as_str().unwrap(),
+            "{} diverged",
+            c.core.client_id
+        );
         assert_eq!(c.version(), doc["seq"].as_u64().unwrap());
         assert_exactly_once(c);
     }
@@ -72,8 +92,12 @@ async fn concurrent_editors_converge_and_equal_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_with_an_op_in_flight_applies_it_once() {
     let server = Server::start(&[]);
-    let mut a = Client::connect(&server.ws(), "recon", "alice", None).await.unwrap();
-    let mut b = Client::connect(&server.ws(), "recon", "bob", None).await.unwrap();
+    let mut a = Client::connect(&server.ws(), "recon", "alice", None)
+        .await
+        .unwrap();
+    let mut b = Client::connect(&server.ws(), "recon", "bob", None)
+        .await
+        .unwrap();
     a.edit(Op::splice(0, 0, "hello")).await.unwrap();
     a.settle(T).await.unwrap();
     b.wait_version(a.version(), T).await.unwrap();
@@ -86,13 +110,22 @@ async fn reconnect_with_an_op_in_flight_applies_it_once() {
     a.join().await.unwrap();
     a.settle(T).await.unwrap();
     let (_, doc) = server.get("/v1/docs/recon");
-    b.wait_version(doc["seq"].as_u64().unwrap(), T).await.unwrap();
-    a.wait_version(doc["seq"].as_u64().unwrap(), T).await.unwrap();
+    b.wait_version(doc["seq"].as_u64().unwrap(), T)
+        .await
+        .unwrap();
+    a.wait_version(doc["seq"].as_u64().unwrap(), T)
+        .await
+        .unwrap();
     assert_eq!(doc["text"], ">> hello world");
     assert_eq!(a.text(), ">> hello world");
     assert_eq!(b.text(), ">> hello world");
     let (_, hist) = server.get("/v1/docs/recon/ops?after=0&limit=100");
-    let n = hist["ops"].as_array().unwrap().iter().filter(|o| o["client"] == "alice" && o["cseq"] == cseq).count();
+    let n = hist["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["client"] == "alice" && o["cseq"] == cseq)
+        .count();
     assert_eq!(n, 1, "the resent op is applied exactly once");
     assert_exactly_once(&a);
     assert_exactly_once(&b);
@@ -103,7 +136,12 @@ async fn resending_an_applied_op_gets_ack_dup_and_the_original_record() {
     let server = Server::start(&[]);
     let mut c = Client::new(&server.ws(), "dup", "c1", None);
     c.join().await.unwrap();
-    let op = ClientMsg::Op { client: "c1".into(), cseq: 1, base: 0, op: Op::splice(0, 0, "x") };
+    let op = ClientMsg::Op {
+        client: "c1".into(),
+        cseq: 1,
+        base: 0,
+        op: Op::splice(0, 0, "x"),
+    };
     c.send(&op).await.unwrap();
     let seq = match next_non_presence(&mut c).await {
         ServerMsg::Applied { seq, cseq: 1, .. } => seq,
@@ -111,15 +149,26 @@ async fn resending_an_applied_op_gets_ack_dup_and_the_original_record() {
     };
     c.send(&op).await.unwrap();
     match next_non_presence(&mut c).await {
-        ServerMsg::Ack { client, cseq: 1, seq: s, dup: true } => assert_eq!((client.as_str(), s), ("c1", seq)),
+        ServerMsg::Ack {
+            client,
+            cseq: 1,
+            seq: s,
+            dup: true,
+        } => assert_eq!((client.as_str(), s), ("c1", seq)),
         other => panic!("expected ack dup, got {other:?}"),
     }
     // Over HTTP the same resend answers with the original applied record.
-    let (status, rec) = server.post("/v1/docs/dup/ops", r#"{"client":"c1","cseq":1,"base":0,"op":["x"]}"#);
+    let (status, rec) = server.post(
+        "/v1/docs/dup/ops",
+        r#"{"client":"c1","cseq":1,"base":0,"op":["x"]}"#,
+    );
     assert_eq!(status, 200);
     assert_eq!(rec["seq"], seq);
     // And a dup is answered even if the resent op would no longer fit.
-    let (status, rec) = server.post("/v1/docs/dup/ops", r#"{"client":"c1","cseq":1,"base":0,"op":[99,"y"]}"#);
+    let (status, rec) = server.post(
+        "/v1/docs/dup/ops",
+        r#"{"client":"c1","cseq":1,"base":0,"op":[99,"y"]}"#,
+    );
     assert_eq!((status, rec["seq"].as_u64()), (200, Some(seq)));
     let (_, doc) = server.get("/v1/docs/dup");
     assert_eq!(doc["text"], "x");
@@ -128,12 +177,22 @@ async fn resending_an_applied_op_gets_ack_dup_and_the_original_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_travel_and_history_paging() {
     // Snapshots every 4 ops so time travel crosses snapshots.
-    let server = Server::start(&["--snapshot-every", "4", "--truncate-every-ms", "100", "--retain-records", "2"]);
+    let server = Server::start(&[
+        "--snapshot-every",
+        "4",
+        "--truncate-every-ms",
+        "100",
+        "--retain-records",
+        "2",
+    ]);
     let mut expected = vec![(0u64, String::new())];
     let mut text = String::new();
     for i in 1..=12u64 {
         let base = expected.last().unwrap().0;
-        let body = format!(r#"{{"client":"h","cseq":{i},"base":{base},"op":[{}, "{i},"]}}"#, text.chars().count());
+        let body = format!(
+            r#"{{"client":"h","cseq":{i},"base":{base},"op":[{}, "{i},"]}}"#,
+            text.chars().count()
+        );
         let (status, rec) = server.post("/v1/docs/tt/ops", &body);
         assert_eq!(status, 200, "{rec}");
         text.push_str(&format!("{i},"));
@@ -143,10 +202,15 @@ async fn time_travel_and_history_paging() {
     for (seq, want) in &expected {
         let (status, doc) = server.get(&format!("/v1/docs/tt?at={seq}"));
         assert_eq!(status, 200);
-        assert_eq!((doc["seq"].as_u64().unwrap(), doc["text"].as_str().unwrap()), (*seq, want.as_str()));
+        assert_eq!(
+            (doc["seq"].as_u64().unwrap(), doc["text"].as_str().unwrap()),
+            (*seq, want.as_str())
+        );
         // A version between two seqs gives the earlier one.
         let (_, doc) = server.get(&format!("/v1/docs/tt?at={}", seq + 1));
-        if *seq + 1 < expected.iter().map(|e| e.0).max().unwrap() && !expected.iter().any(|e| e.0 == seq + 1) {
+        if *seq + 1 < expected.iter().map(|e| e.0).max().unwrap()
+            && !expected.iter().any(|e| e.0 == seq + 1)
+        {
             assert_eq!(doc["seq"].as_u64().unwrap(), *seq);
         }
     }
@@ -172,8 +236,12 @@ async fn time_travel_and_history_paging() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_relayed_and_leave_announced() {
     let server = Server::start(&[]);
-    let mut a = Client::connect(&server.ws(), "pres", "a", None).await.unwrap();
-    let mut b = Client::connect(&server.ws(), "pres", "b", None).await.unwrap();
+    let mut a = Client::connect(&server.ws(), "pres", "a", None)
+        .await
+        .unwrap();
+    let mut b = Client::connect(&server.ws(), "pres", "b", None)
+        .await
+        .unwrap();
     a.send(&ClientMsg::Presence {
         seq: 0,
         cursor: Some(protocol::Cursor { anchor: 0, head: 0 }),
@@ -182,7 +250,9 @@ async fn presence_is_relayed_and_leave_announced() {
     .await
     .unwrap();
     match next_msg(&mut b).await {
-        ServerMsg::Presence { client, user, meta, .. } => {
+        ServerMsg::Presence {
+            client, user, meta, ..
+        } => {
             assert_eq!((client.as_str(), user.as_str()), ("a", "anonymous"));
             assert_eq!(meta.unwrap()["name"], "Ann");
         }
@@ -200,8 +270,12 @@ async fn presence_is_relayed_and_leave_announced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_base_client_rebases_and_loses_nothing() {
     let server = Server::start(&["--window-ops", "2", "--window-ms", "0"]);
-    let mut a = Client::connect(&server.ws(), "stale", "a", None).await.unwrap();
-    let mut b = Client::connect(&server.ws(), "stale", "b", None).await.unwrap();
+    let mut a = Client::connect(&server.ws(), "stale", "a", None)
+        .await
+        .unwrap();
+    let mut b = Client::connect(&server.ws(), "stale", "b", None)
+        .await
+        .unwrap();
     a.edit(Op::splice(0, 0, "start ")).await.unwrap();
     a.settle(T).await.unwrap();
     b.wait_version(a.version(), T).await.unwrap();
@@ -215,27 +289,49 @@ async fn stale_base_client_rebases_and_loses_nothing() {
     a.edit(Op::splice(0, 0, "A:")).await.unwrap();
     a.settle(T).await.unwrap();
     assert!(
-        a.events.iter().any(|e| matches!(e, CoreEvent::Error { code: ErrorCode::StaleBase, .. })),
+        a.events.iter().any(|e| matches!(
+            e,
+            CoreEvent::Error {
+                code: ErrorCode::StaleBase,
+                ..
+            }
+        )),
         "expected STALE_BASE, events: {:?}",
         a.events
     );
     let (_, doc) = server.get("/v1/docs/stale");
-    b.wait_version(doc["seq"].as_u64().unwrap(), T).await.unwrap();
+    b.wait_version(doc["seq"].as_u64().unwrap(), T)
+        .await
+        .unwrap();
     let text = doc["text"].as_str().unwrap();
     assert!(text.starts_with("A:start "), "{text}");
     assert!(text.ends_with("b7 "), "{text}");
     assert_eq!(a.text(), text);
     assert_eq!(b.text(), text);
     // Over HTTP the same refusal is a 409.
-    let (status, e) = server.post("/v1/docs/stale/ops", r#"{"client":"h","cseq":1,"base":1,"op":["z"]}"#);
+    let (status, e) = server.post(
+        "/v1/docs/stale/ops",
+        r#"{"client":"h","cseq":1,"base":1,"op":["z"]}"#,
+    );
     assert_eq!((status, e["code"].as_str()), (409, Some("STALE_BASE")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_falls_behind_is_cut_off_then_catches_up() {
-    let server = Server::start(&["--subscriber-queue", "2", "--ops-per-sec", "10000", "--ops-burst", "10000"]);
-    let mut slow = Client::connect(&server.ws(), "slow", "slow", None).await.unwrap();
-    let mut w = Client::connect(&server.ws(), "slow", "w", None).await.unwrap();
+    let server = Server::start(&[
+        "--subscriber-queue",
+        "2",
+        "--ops-per-sec",
+        "10000",
+        "--ops-burst",
+        "10000",
+    ]);
+    let mut slow = Client::connect(&server.ws(), "slow", "slow", None)
+        .await
+        .unwrap();
+    let mut w = Client::connect(&server.ws(), "slow", "w", None)
+        .await
+        .unwrap();
     // Big inserts fill the socket buffers while `slow` reads nothing.
     let chunk = "x".repeat(200_000);
     for _ in 0..60 {
@@ -247,13 +343,19 @@ async fn a_subscriber_that_falls_behind_is_cut_off_then_catches_up() {
     let deadline = Instant::now() + T;
     loop {
         match slow.recv(deadline).await {
-            Ok(Some(ServerMsg::Error { code: ErrorCode::Overloaded, .. })) => cut_off = true,
+            Ok(Some(ServerMsg::Error {
+                code: ErrorCode::Overloaded,
+                ..
+            })) => cut_off = true,
             Ok(Some(m)) => slow.handle(m).await.unwrap(),
             Ok(None) => panic!("timed out"),
             Err(_) => break, // closed
         }
     }
-    assert!(cut_off, "the slow subscriber was told OVERLOADED before the close");
+    assert!(
+        cut_off,
+        "the slow subscriber was told OVERLOADED before the close"
+    );
     slow.join().await.unwrap();
     slow.wait_version(version, T).await.unwrap();
     assert_eq!(slow.text().len(), chunk.len() * 60);

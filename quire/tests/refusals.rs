@@ -14,7 +14,10 @@ use tokio::time::Instant;
 const T: Duration = Duration::from_secs(30);
 
 async fn next_msg(c: &mut Client) -> ServerMsg {
-    c.recv(Instant::now() + T).await.unwrap().expect("a message")
+    c.recv(Instant::now() + T)
+        .await
+        .unwrap()
+        .expect("a message")
 }
 
 async fn expect_error(c: &mut Client, code: ErrorCode, what: &str) -> ServerMsg {
@@ -33,8 +36,19 @@ async fn still_open(c: &mut Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_websocket_input_gets_its_code_and_changes_nothing() {
-    let server = Server::start(&["--max-frame-bytes", "4096", "--max-insert-bytes", "1024", "--ops-per-sec", "1000", "--ops-burst", "1000"]);
-    let mut w = Client::connect(&server.ws(), "bad", "writer", None).await.unwrap();
+    let server = Server::start(&[
+        "--max-frame-bytes",
+        "4096",
+        "--max-insert-bytes",
+        "1024",
+        "--ops-per-sec",
+        "1000",
+        "--ops-burst",
+        "1000",
+    ]);
+    let mut w = Client::connect(&server.ws(), "bad", "writer", None)
+        .await
+        .unwrap();
     w.edit(Op::splice(0, 0, "stable")).await.unwrap();
     w.settle(T).await.unwrap();
     let (_, before) = server.get("/v1/docs/bad");
@@ -45,19 +59,67 @@ async fn every_bad_websocket_input_gets_its_code_and_changes_nothing() {
         ("not json".into(), ErrorCode::BadMessage),
         (r#"{"type":"launch"}"#.into(), ErrorCode::BadMessage),
         (r#"{"no":"type"}"#.into(), ErrorCode::BadMessage),
-        (r#"{"type":"op","client":"evil","cseq":"one","base":0,"op":[]}"#.into(), ErrorCode::BadMessage),
-        (r#"{"type":"op","client":"evil","cseq":1,"base":-1,"op":[]}"#.into(), ErrorCode::BadMessage),
-        (r#"{"type":"op","client":"evil","cseq":1,"base":0,"op":[1.5]}"#.into(), ErrorCode::BadMessage),
-        (r#"{"type":"op","client":"evil","cseq":1,"base":0,"op":[null]}"#.into(), ErrorCode::BadMessage),
-        (r#"{"type":"op","client":"e v i l","cseq":1,"base":0,"op":["x"]}"#.into(), ErrorCode::BadMessage),
-        (r#"{"type":"op","client":"someone-else","cseq":1,"base":0,"op":["x"]}"#.into(), ErrorCode::Protocol),
-        (r#"{"type":"hello","client":"evil"}"#.into(), ErrorCode::Protocol),
-        (format!(r#"{{"type":"op","client":"evil","cseq":1,"base":{},"op":[7,"x"]}}"#, before["seq"]), ErrorCode::InvalidOp),
-        (format!(r#"{{"type":"op","client":"evil","cseq":2,"base":{},"op":[-7]}}"#, before["seq"]), ErrorCode::InvalidOp),
-        (r#"{"type":"op","client":"evil","cseq":3,"base":99999,"op":["x"]}"#.into(), ErrorCode::InvalidOp),
-        (format!(r#"{{"type":"op","client":"evil","cseq":4,"base":0,"op":["{}"]}}"#, "y".repeat(2000)), ErrorCode::TooLarge),
-        (format!(r#"{{"type":"ping","pad":"{}"}}"#, "p".repeat(5000)), ErrorCode::TooLarge),
-        (r#"{"type":"presence","seq":0,"meta":[1,2]}"#.into(), ErrorCode::BadMessage),
+        (
+            r#"{"type":"op","client":"evil","cseq":"one","base":0,"op":[]}"#.into(),
+            ErrorCode::BadMessage,
+        ),
+        (
+            r#"{"type":"op","client":"evil","cseq":1,"base":-1,"op":[]}"#.into(),
+            ErrorCode::BadMessage,
+        ),
+        (
+            r#"{"type":"op","client":"evil","cseq":1,"base":0,"op":[1.5]}"#.into(),
+            ErrorCode::BadMessage,
+        ),
+        (
+            r#"{"type":"op","client":"evil","cseq":1,"base":0,"op":[null]}"#.into(),
+            ErrorCode::BadMessage,
+        ),
+        (
+            r#"{"type":"op","client":"e v i l","cseq":1,"base":0,"op":["x"]}"#.into(),
+            ErrorCode::BadMessage,
+        ),
+        (
+            r#"{"type":"op","client":"someone-else","cseq":1,"base":0,"op":["x"]}"#.into(),
+            ErrorCode::Protocol,
+        ),
+        (
+            r#"{"type":"hello","client":"evil"}"#.into(),
+            ErrorCode::Protocol,
+        ),
+        (
+            format!(
+                r#"{{"type":"op","client":"evil","cseq":1,"base":{},"op":[7,"x"]}}"#,
+                before["seq"]
+            ),
+            ErrorCode::InvalidOp,
+        ),
+        (
+            format!(
+                r#"{{"type":"op","client":"evil","cseq":2,"base":{},"op":[-7]}}"#,
+                before["seq"]
+            ),
+            ErrorCode::InvalidOp,
+        ),
+        (
+            r#"{"type":"op","client":"evil","cseq":3,"base":99999,"op":["x"]}"#.into(),
+            ErrorCode::InvalidOp,
+        ),
+        (
+            format!(
+                r#"{{"type":"op","client":"evil","cseq":4,"base":0,"op":["{}"]}}"#,
+                "y".repeat(2000)
+            ),
+            ErrorCode::TooLarge,
+        ),
+        (
+            format!(r#"{{"type":"ping","pad":"{}"}}"#, "p".repeat(5000)),
+            ErrorCode::TooLarge,
+        ),
+        (
+            r#"{"type":"presence","seq":0,"meta":[1,2]}"#.into(),
+            ErrorCode::BadMessage,
+        ),
     ];
     for (text, code) in &cases {
         c.send_text(text.clone()).await.unwrap();
@@ -70,12 +132,28 @@ async fn every_bad_websocket_input_gets_its_code_and_changes_nothing() {
     // Binary frames are not part of the protocol.
     {
         use futures_util::SinkExt;
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/v1/docs/bad/ws", server.ws())).await.unwrap();
-        ws.send(tokio_tungstenite::tungstenite::Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("{}/v1/docs/bad/ws", server.ws()))
+                .await
+                .unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+            vec![1, 2, 3].into(),
+        ))
+        .await
+        .unwrap();
         use futures_util::StreamExt;
         let m = ws.next().await.unwrap().unwrap();
         let m: ServerMsg = serde_json::from_str(m.to_text().unwrap()).unwrap();
-        assert!(matches!(m, ServerMsg::Error { code: ErrorCode::BadMessage, .. }), "{m:?}");
+        assert!(
+            matches!(
+                m,
+                ServerMsg::Error {
+                    code: ErrorCode::BadMessage,
+                    ..
+                }
+            ),
+            "{m:?}"
+        );
         // And an op before hello is a protocol error.
         ws.send(tokio_tungstenite::tungstenite::Message::Text(
             r#"{"type":"op","client":"x","cseq":1,"base":0,"op":["x"]}"#.into(),
@@ -84,17 +162,44 @@ async fn every_bad_websocket_input_gets_its_code_and_changes_nothing() {
         .unwrap();
         let m = ws.next().await.unwrap().unwrap();
         let m: ServerMsg = serde_json::from_str(m.to_text().unwrap()).unwrap();
-        assert!(matches!(m, ServerMsg::Error { code: ErrorCode::Protocol, .. }), "{m:?}");
+        assert!(
+            matches!(
+                m,
+                ServerMsg::Error {
+                    code: ErrorCode::Protocol,
+                    ..
+                }
+            ),
+            "{m:?}"
+        );
     }
     // A second op in flight (base below the seq of the previous op).
     let v: u64 = before["seq"].as_u64().unwrap();
-    c.send(&ClientMsg::Op { client: "evil".into(), cseq: 10, base: v, op: Op::splice(0, 0, "1") }).await.unwrap();
-    c.send(&ClientMsg::Op { client: "evil".into(), cseq: 11, base: v, op: Op::splice(0, 0, "2") }).await.unwrap();
+    c.send(&ClientMsg::Op {
+        client: "evil".into(),
+        cseq: 10,
+        base: v,
+        op: Op::splice(0, 0, "1"),
+    })
+    .await
+    .unwrap();
+    c.send(&ClientMsg::Op {
+        client: "evil".into(),
+        cseq: 11,
+        base: v,
+        op: Op::splice(0, 0, "2"),
+    })
+    .await
+    .unwrap();
     let mut codes = Vec::new();
     while codes.len() < 2 {
         match next_msg(&mut c).await {
             ServerMsg::Applied { cseq: 10, .. } => codes.push("applied".to_owned()),
-            ServerMsg::Error { code, cseq: Some(11), .. } => codes.push(code.as_str().to_owned()),
+            ServerMsg::Error {
+                code,
+                cseq: Some(11),
+                ..
+            } => codes.push(code.as_str().to_owned()),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -111,15 +216,36 @@ async fn every_bad_websocket_input_gets_its_code_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_answer_with_retry_after() {
     let server = Server::start(&["--ops-per-sec", "1", "--ops-burst", "2"]);
-    let mut c = Client::connect(&server.ws(), "rl", "c", None).await.unwrap();
+    let mut c = Client::connect(&server.ws(), "rl", "c", None)
+        .await
+        .unwrap();
     for cseq in 1..=2 {
         let base = c.version();
-        c.send(&ClientMsg::Op { client: "c".into(), cseq, base, op: Op::splice(0, 0, "x") }).await.unwrap();
+        c.send(&ClientMsg::Op {
+            client: "c".into(),
+            cseq,
+            base,
+            op: Op::splice(0, 0, "x"),
+        })
+        .await
+        .unwrap();
         c.wait_version(base + 1, T).await.unwrap();
     }
-    c.send(&ClientMsg::Op { client: "c".into(), cseq: 3, base: 0, op: Op::splice(0, 0, "x") }).await.unwrap();
+    c.send(&ClientMsg::Op {
+        client: "c".into(),
+        cseq: 3,
+        base: 0,
+        op: Op::splice(0, 0, "x"),
+    })
+    .await
+    .unwrap();
     match next_msg(&mut c).await {
-        ServerMsg::Error { code: ErrorCode::RateLimited, retry_after_ms: Some(ms), cseq: Some(3), .. } => assert!(ms > 0 && ms <= 1000),
+        ServerMsg::Error {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: Some(ms),
+            cseq: Some(3),
+            ..
+        } => assert!(ms > 0 && ms <= 1000),
         other => panic!("expected RATE_LIMITED, got {other:?}"),
     }
 }
@@ -127,33 +253,100 @@ async fn rate_limits_answer_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_http_requests_get_codes_and_statuses() {
     let server = Server::start(&["--max-frame-bytes", "4096"]);
-    let ok = server.post("/v1/docs/h/ops", r#"{"client":"c","cseq":1,"base":0,"op":["abc"]}"#);
+    let ok = server.post(
+        "/v1/docs/h/ops",
+        r#"{"client":"c","cseq":1,"base":0,"op":["abc"]}"#,
+    );
     assert_eq!(ok.0, 200);
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         ("POST", "/v1/docs/h/ops", "{".into(), 400, "BAD_MESSAGE"),
-        ("POST", "/v1/docs/h/ops", r#"{"client":"c","cseq":2}"#.into(), 400, "BAD_MESSAGE"),
-        ("POST", "/v1/docs/h/ops", r#"{"client":"c","cseq":0,"base":0,"op":[]}"#.into(), 400, "BAD_MESSAGE"),
-        ("POST", "/v1/docs/h/ops", r#"{"client":"c","cseq":2,"base":1,"op":[9,"x"]}"#.into(), 400, "INVALID_OP"),
-        ("POST", "/v1/docs/h/ops", r#"{"client":"c","cseq":3,"base":7,"op":["x"]}"#.into(), 400, "INVALID_OP"),
-        ("POST", "/v1/docs/h/ops", format!(r#"{{"client":"c","cseq":4,"base":1,"op":["{}"]}}"#, "z".repeat(5000)), 413, "TOO_LARGE"),
-        ("POST", "/v1/docs/bad%20id/ops", r#"{"client":"c","cseq":1,"base":0,"op":["x"]}"#.into(), 400, "BAD_MESSAGE"),
-        ("GET", "/v1/docs/h?at=yesterday", String::new(), 400, "BAD_MESSAGE"),
-        ("GET", "/v1/docs/h/ops?after=-1", String::new(), 400, "BAD_MESSAGE"),
+        (
+            "POST",
+            "/v1/docs/h/ops",
+            r#"{"client":"c","cseq":2}"#.into(),
+            400,
+            "BAD_MESSAGE",
+        ),
+        (
+            "POST",
+            "/v1/docs/h/ops",
+            r#"{"client":"c","cseq":0,"base":0,"op":[]}"#.into(),
+            400,
+            "BAD_MESSAGE",
+        ),
+        (
+            "POST",
+            "/v1/docs/h/ops",
+            r#"{"client":"c","cseq":2,"base":1,"op":[9,"x"]}"#.into(),
+            400,
+            "INVALID_OP",
+        ),
+        (
+            "POST",
+            "/v1/docs/h/ops",
+            r#"{"client":"c","cseq":3,"base":7,"op":["x"]}"#.into(),
+            400,
+            "INVALID_OP",
+        ),
+        (
+            "POST",
+            "/v1/docs/h/ops",
+            format!(
+                r#"{{"client":"c","cseq":4,"base":1,"op":["{}"]}}"#,
+                "z".repeat(5000)
+            ),
+            413,
+            "TOO_LARGE",
+        ),
+        (
+            "POST",
+            "/v1/docs/bad%20id/ops",
+            r#"{"client":"c","cseq":1,"base":0,"op":["x"]}"#.into(),
+            400,
+            "BAD_MESSAGE",
+        ),
+        (
+            "GET",
+            "/v1/docs/h?at=yesterday",
+            String::new(),
+            400,
+            "BAD_MESSAGE",
+        ),
+        (
+            "GET",
+            "/v1/docs/h/ops?after=-1",
+            String::new(),
+            400,
+            "BAD_MESSAGE",
+        ),
         ("GET", "/v1/nothing/here", String::new(), 404, "NOT_FOUND"),
     ];
     for (method, path, body, status, code) in &cases {
         let (got, json) = http(&server.addr, method, path, Some(body), None);
-        assert_eq!((got, json["code"].as_str()), (*status, Some(*code)), "{method} {path} {body:.60}: {json}");
+        assert_eq!(
+            (got, json["code"].as_str()),
+            (*status, Some(*code)),
+            "{method} {path} {body:.60}: {json}"
+        );
     }
     let (_, doc) = server.get("/v1/docs/h");
-    assert_eq!((doc["seq"].as_u64(), doc["text"].as_str()), (ok.1["seq"].as_u64(), Some("abc")));
+    assert_eq!(
+        (doc["seq"].as_u64(), doc["text"].as_str()),
+        (ok.1["seq"].as_u64(), Some("abc"))
+    );
     assert_eq!(server.get("/healthz").0, 200);
     assert_eq!(server.get("/readyz").0, 200);
     let (status, metrics) = server.get("/metrics");
     assert_eq!(status, 200);
     let metrics = metrics.as_str().unwrap();
-    assert!(metrics.contains("quire_ingest_errors_total{code=\"INVALID_OP\"}"), "{metrics}");
-    assert!(metrics.contains("quire_transformer_ops_applied_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("quire_ingest_errors_total{code=\"INVALID_OP\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("quire_transformer_ops_applied_total 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,12 +360,25 @@ async fn auth_tokens_roles_documents_and_client_binding() {
     let forged = token("not-the-secret", "alice", &["*"], "write", 3600);
 
     // WebSocket: no token, a forged one, an expired one: UNAUTHORIZED then close.
-    for (tok, what) in [(None, "none"), (Some(forged.as_str()), "forged"), (Some(expired.as_str()), "expired")] {
+    for (tok, what) in [
+        (None, "none"),
+        (Some(forged.as_str()), "forged"),
+        (Some(expired.as_str()), "expired"),
+    ] {
         let mut c = Client::new(&server.ws(), "team-a.doc", "c", tok);
         let err = c.join().await.unwrap_err();
-        assert!(matches!(err, client::ClientError::Closed), "{what}: {err:?}");
         assert!(
-            matches!(c.events.as_slice(), [client::CoreEvent::Error { code: ErrorCode::Unauthorized, .. }]),
+            matches!(err, client::ClientError::Closed),
+            "{what}: {err:?}"
+        );
+        assert!(
+            matches!(
+                c.events.as_slice(),
+                [client::CoreEvent::Error {
+                    code: ErrorCode::Unauthorized,
+                    ..
+                }]
+            ),
             "{what}: {:?}",
             c.events
         );
@@ -185,43 +391,166 @@ async fn auth_tokens_roles_documents_and_client_binding() {
         use futures_util::StreamExt;
         let m = ws.next().await.unwrap().unwrap();
         let m: ServerMsg = serde_json::from_str(m.to_text().unwrap()).unwrap();
-        assert!(matches!(m, ServerMsg::Error { code: ErrorCode::Unauthorized, .. }), "{what}: {m:?}");
-        assert!(matches!(ws.next().await, Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) | None));
+        assert!(
+            matches!(
+                m,
+                ServerMsg::Error {
+                    code: ErrorCode::Unauthorized,
+                    ..
+                }
+            ),
+            "{what}: {m:?}"
+        );
+        assert!(matches!(
+            ws.next().await,
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) | None
+        ));
     }
     // A document the token does not grant: FORBIDDEN.
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}/v1/docs/team-b.doc/ws?token={alice}", server.ws())).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "{}/v1/docs/team-b.doc/ws?token={alice}",
+        server.ws()
+    ))
+    .await
+    .unwrap();
     {
         use futures_util::StreamExt;
         let m = ws.next().await.unwrap().unwrap();
         let m: ServerMsg = serde_json::from_str(m.to_text().unwrap()).unwrap();
-        assert!(matches!(m, ServerMsg::Error { code: ErrorCode::Forbidden, .. }), "{m:?}");
+        assert!(
+            matches!(
+                m,
+                ServerMsg::Error {
+                    code: ErrorCode::Forbidden,
+                    ..
+                }
+            ),
+            "{m:?}"
+        );
     }
     // Alice writes; user is stamped from the token.
-    let mut a = Client::connect(&server.ws(), "team-a.doc", "alice-laptop", Some(&alice)).await.unwrap();
+    let mut a = Client::connect(&server.ws(), "team-a.doc", "alice-laptop", Some(&alice))
+        .await
+        .unwrap();
     a.edit(Op::splice(0, 0, "hi")).await.unwrap();
     a.settle(T).await.unwrap();
-    let (_, hist) = http(&server.addr, "GET", "/v1/docs/team-a.doc/ops", None, Some(&alice));
+    let (_, hist) = http(
+        &server.addr,
+        "GET",
+        "/v1/docs/team-a.doc/ops",
+        None,
+        Some(&alice),
+    );
     assert_eq!(hist["ops"][0]["user"], "alice");
     // The reader may join, read and send presence, but not submit ops.
-    let mut r = Client::connect(&server.ws(), "team-a.doc", "rita-1", Some(&reader)).await.unwrap();
+    let mut r = Client::connect(&server.ws(), "team-a.doc", "rita-1", Some(&reader))
+        .await
+        .unwrap();
     assert_eq!(r.text(), "hi");
-    r.send(&ClientMsg::Presence { seq: r.version(), cursor: None, meta: None }).await.unwrap();
-    r.send(&ClientMsg::Op { client: "rita-1".into(), cseq: 1, base: r.version(), op: Op::splice(0, 0, "x") }).await.unwrap();
+    r.send(&ClientMsg::Presence {
+        seq: r.version(),
+        cursor: None,
+        meta: None,
+    })
+    .await
+    .unwrap();
+    r.send(&ClientMsg::Op {
+        client: "rita-1".into(),
+        cseq: 1,
+        base: r.version(),
+        op: Op::splice(0, 0, "x"),
+    })
+    .await
+    .unwrap();
     let m = next_msg(&mut r).await;
-    assert!(matches!(m, ServerMsg::Error { code: ErrorCode::Forbidden, cseq: Some(1), .. }), "{m:?}");
+    assert!(
+        matches!(
+            m,
+            ServerMsg::Error {
+                code: ErrorCode::Forbidden,
+                cseq: Some(1),
+                ..
+            }
+        ),
+        "{m:?}"
+    );
     // Bob may not use Alice's client id.
-    let mut b = Client::connect(&server.ws(), "team-a.doc", "alice-laptop", Some(&bob)).await.unwrap();
-    b.send(&ClientMsg::Op { client: "alice-laptop".into(), cseq: 9, base: b.version(), op: Op::splice(0, 0, "x") }).await.unwrap();
+    let mut b = Client::connect(&server.ws(), "team-a.doc", "alice-laptop", Some(&bob))
+        .await
+        .unwrap();
+    b.send(&ClientMsg::Op {
+        client: "alice-laptop".into(),
+        cseq: 9,
+        base: b.version(),
+        op: Op::splice(0, 0, "x"),
+    })
+    .await
+    .unwrap();
     let m = next_msg(&mut b).await;
-    assert!(matches!(m, ServerMsg::Error { code: ErrorCode::Forbidden, cseq: Some(9), .. }), "{m:?}");
+    assert!(
+        matches!(
+            m,
+            ServerMsg::Error {
+                code: ErrorCode::Forbidden,
+                cseq: Some(9),
+                ..
+            }
+        ),
+        "{m:?}"
+    );
     // HTTP: statuses.
     let body = r#"{"client":"h1","cseq":1,"base":0,"op":["x"]}"#;
-    assert_eq!(http(&server.addr, "GET", "/v1/docs/team-a.doc", None, None).0, 401);
-    assert_eq!(http(&server.addr, "GET", "/v1/docs/team-a.doc", None, Some(&expired)).0, 401);
-    assert_eq!(http(&server.addr, "GET", "/v1/docs/team-b.doc", None, Some(&alice)).0, 403);
-    assert_eq!(http(&server.addr, "POST", "/v1/docs/team-a.doc/ops", Some(body), Some(&reader)).0, 403);
-    let (status, json) = http(&server.addr, "POST", "/v1/docs/team-a.doc/ops", Some(r#"{"client":"alice-laptop","cseq":5,"base":1,"op":["x"]}"#), Some(&bob));
+    assert_eq!(
+        http(&server.addr, "GET", "/v1/docs/team-a.doc", None, None).0,
+        401
+    );
+    assert_eq!(
+        http(
+            &server.addr,
+            "GET",
+            "/v1/docs/team-a.doc",
+            None,
+            Some(&expired)
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http(
+            &server.addr,
+            "GET",
+            "/v1/docs/team-b.doc",
+            None,
+            Some(&alice)
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        http(
+            &server.addr,
+            "POST",
+            "/v1/docs/team-a.doc/ops",
+            Some(body),
+            Some(&reader)
+        )
+        .0,
+        403
+    );
+    let (status, json) = http(
+        &server.addr,
+        "POST",
+        "/v1/docs/team-a.doc/ops",
+        Some(r#"{"client":"alice-laptop","cseq":5,"base":1,"op":["x"]}"#),
+        Some(&bob),
+    );
     assert_eq!((status, json["code"].as_str()), (403, Some("FORBIDDEN")));
-    let (status, doc) = http(&server.addr, "GET", "/v1/docs/team-a.doc", None, Some(&reader));
+    let (status, doc) = http(
+        &server.addr,
+        "GET",
+        "/v1/docs/team-a.doc",
+        None,
+        Some(&reader),
+    );
     assert_eq!((status, doc["text"].as_str()), (200, Some("hi")));
 }

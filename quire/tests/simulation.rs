@@ -66,9 +66,16 @@ struct Stats {
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = SplitMix64::new(seed);
-        let small_window = seed % 3 == 0;
+        let small_window = seed.is_multiple_of(3);
         let cfg = CoreConfig {
-            window: if small_window { WindowPolicy { min_ops: 3, min_age_ms: 0 } } else { WindowPolicy::default() },
+            window: if small_window {
+                WindowPolicy {
+                    min_ops: 3,
+                    min_age_ms: 0,
+                }
+            } else {
+                WindowPolicy::default()
+            },
             ..CoreConfig::default()
         };
         let docs: Vec<String> = (0..2).map(|d| format!("doc{d}")).collect();
@@ -103,7 +110,11 @@ impl Sim {
     fn connect(&mut self, c: usize) {
         let cl = &mut self.clients[c];
         let hello = cl.core.hello();
-        cl.conn = Some(Conn { to_server: VecDeque::from([hello]), to_client: VecDeque::new(), subscribed: false });
+        cl.conn = Some(Conn {
+            to_server: VecDeque::from([hello]),
+            to_client: VecDeque::new(),
+            subscribed: false,
+        });
     }
 
     fn disconnect(&mut self, c: usize) {
@@ -132,14 +143,21 @@ impl Sim {
             let s = *self.rng.pick(&["a", "b", "xy", "é", "😀", "\n"][..]);
             Op::splice(pos, 0, s)
         };
-        self.clients[c].core.edit(op).expect("edits fit the local text");
+        self.clients[c]
+            .core
+            .edit(op)
+            .expect("edits fit the local text");
         self.flush_outbox(c);
     }
 
     /// The gateway (ingest + fanout join) handles one client message.
     fn server_receive(&mut self, c: usize) {
-        let Some(conn) = self.clients[c].conn.as_mut() else { return };
-        let Some(msg) = conn.to_server.pop_front() else { return };
+        let Some(conn) = self.clients[c].conn.as_mut() else {
+            return;
+        };
+        let Some(msg) = conn.to_server.pop_front() else {
+            return;
+        };
         let d = self.clients[c].doc;
         let user = self.clients[c].user.clone();
         match msg {
@@ -149,11 +167,26 @@ impl Sim {
                 conn.to_client.extend(msgs);
                 conn.subscribed = true;
             }
-            ClientMsg::Op { client, cseq, base, op } => {
+            ClientMsg::Op {
+                client,
+                cseq,
+                base,
+                op,
+            } => {
                 let reply = match dedup_check(&self.fan_docs[d], &client, cseq, &user) {
                     Err(e) => Some(ServerMsg::op_error(&e, &client, cseq)),
-                    Ok(Dedup::Applied(r)) => Some(ServerMsg::Ack { client: client.clone(), cseq, seq: r.seq, dup: true }),
-                    Ok(Dedup::Forgotten { seq }) => Some(ServerMsg::Ack { client: client.clone(), cseq, seq: seq.unwrap_or(0), dup: true }),
+                    Ok(Dedup::Applied(r)) => Some(ServerMsg::Ack {
+                        client: client.clone(),
+                        cseq,
+                        seq: r.seq,
+                        dup: true,
+                    }),
+                    Ok(Dedup::Forgotten { seq }) => Some(ServerMsg::Ack {
+                        client: client.clone(),
+                        cseq,
+                        seq: seq.unwrap_or(0),
+                        dup: true,
+                    }),
                     Ok(Dedup::New) => {
                         self.raw_log.push(RawRecord {
                             v: 1,
@@ -169,7 +202,12 @@ impl Sim {
                     }
                 };
                 if let Some(r) = reply {
-                    self.clients[c].conn.as_mut().unwrap().to_client.push_back(r);
+                    self.clients[c]
+                        .conn
+                        .as_mut()
+                        .unwrap()
+                        .to_client
+                        .push_back(r);
                 }
             }
             ClientMsg::Ping | ClientMsg::Presence { .. } => {}
@@ -177,7 +215,9 @@ impl Sim {
     }
 
     fn transform_one(&mut self) {
-        let Some(raw) = self.raw_log.get(self.transformed).cloned() else { return };
+        let Some(raw) = self.raw_log.get(self.transformed).cloned() else {
+            return;
+        };
         let seq = self.transformed as u64 + 1;
         self.transformed += 1;
         let d = self.docs.iter().position(|x| *x == raw.doc).unwrap();
@@ -185,7 +225,12 @@ impl Sim {
             Outcome::Applied(a) => {
                 self.stats.applied += 1;
                 let key = (a.doc.clone(), a.client.clone(), a.cseq);
-                assert!(self.history.insert(key, a.seq).is_none(), "op {}/{} applied twice", a.client, a.cseq);
+                assert!(
+                    self.history.insert(key, a.seq).is_none(),
+                    "op {}/{} applied twice",
+                    a.client,
+                    a.cseq
+                );
                 self.applied_log.push(OutRecord::Applied(a));
             }
             Outcome::Rejected(r) => self.applied_log.push(OutRecord::Rejected(r)),
@@ -194,18 +239,26 @@ impl Sim {
     }
 
     fn fanout_one(&mut self) {
-        let Some(rec) = self.applied_log.get(self.fanned).cloned() else { return };
+        let Some(rec) = self.applied_log.get(self.fanned).cloned() else {
+            return;
+        };
         self.fanned += 1;
         let d = self.docs.iter().position(|x| x == rec.doc()).unwrap();
         match rec {
             OutRecord::Applied(a) => {
-                self.fan_docs[d].apply_record(&a).expect("fanout follows the transformer");
+                self.fan_docs[d]
+                    .apply_record(&a)
+                    .expect("fanout follows the transformer");
                 self.fan_docs[d].trim(self.cfg.window, a.ts);
                 self.deliver(d, None, ServerMsg::applied(&a));
             }
             OutRecord::Rejected(r) => {
                 let e = protocol::ProtoError::new(r.code, r.message.clone());
-                self.deliver(d, Some(&r.client), ServerMsg::op_error(&e, &r.client, r.cseq));
+                self.deliver(
+                    d,
+                    Some(&r.client),
+                    ServerMsg::op_error(&e, &r.client, r.cseq),
+                );
             }
         }
     }
@@ -222,12 +275,26 @@ impl Sim {
     }
 
     fn client_receive(&mut self, c: usize) {
-        let Some(conn) = self.clients[c].conn.as_mut() else { return };
-        let Some(msg) = conn.to_client.pop_front() else { return };
+        let Some(conn) = self.clients[c].conn.as_mut() else {
+            return;
+        };
+        let Some(msg) = conn.to_client.pop_front() else {
+            return;
+        };
         let cl = &mut self.clients[c];
         if let ServerMsg::Applied { seq, prev, .. } = &msg {
-            assert!(*seq > cl.last_seq, "{}: seq {seq} after {} (duplicate or out of order)", cl.core.client_id, cl.last_seq);
-            assert_eq!(*prev, cl.core.version(), "{}: gap before seq {seq}", cl.core.client_id);
+            assert!(
+                *seq > cl.last_seq,
+                "{}: seq {seq} after {} (duplicate or out of order)",
+                cl.core.client_id,
+                cl.last_seq
+            );
+            assert_eq!(
+                *prev,
+                cl.core.version(),
+                "{}: gap before seq {seq}",
+                cl.core.client_id
+            );
             cl.last_seq = *seq;
         }
         if let ServerMsg::Snapshot { seq, .. } = &msg {
@@ -250,7 +317,11 @@ impl Sim {
                 CoreEvent::RejoinFresh => rejoin = true,
                 CoreEvent::Error { code, message, .. } => {
                     self.stats.stale += 1;
-                    assert!(code == ErrorCode::StaleBase, "{}: unexpected {code}: {message}", cl.core.client_id)
+                    assert!(
+                        code == ErrorCode::StaleBase,
+                        "{}: unexpected {code}: {message}",
+                        cl.core.client_id
+                    )
                 }
                 _ => {}
             }
@@ -295,7 +366,9 @@ impl Sim {
             && self.clients.iter().all(|c| {
                 c.core.is_settled()
                     && c.core.is_live()
-                    && c.conn.as_ref().is_some_and(|k| k.to_server.is_empty() && k.to_client.is_empty())
+                    && c.conn
+                        .as_ref()
+                        .is_some_and(|k| k.to_server.is_empty() && k.to_client.is_empty())
             })
     }
 
@@ -323,12 +396,28 @@ impl Sim {
     fn check(&self) {
         for (d, doc) in self.docs.iter().enumerate() {
             let truth = self.tx_docs[d].text.to_string();
-            assert_eq!(self.fan_docs[d].text.to_string(), truth, "{doc}: fanout diverged");
+            assert_eq!(
+                self.fan_docs[d].text.to_string(),
+                truth,
+                "{doc}: fanout diverged"
+            );
             for cl in self.clients.iter().filter(|c| c.doc == d) {
-                assert_eq!(cl.core.text(), truth, "{doc}: {} diverged", cl.core.client_id);
+                assert_eq!(
+                    cl.core.text(),
+                    truth,
+                    "{doc}: {} diverged",
+                    cl.core.client_id
+                );
                 for (cseq, seq) in &cl.acked {
-                    let got = self.history.get(&(doc.clone(), cl.core.client_id.clone(), *cseq));
-                    assert_eq!(got, Some(seq), "{}: acknowledged op {cseq} lost", cl.core.client_id);
+                    let got = self
+                        .history
+                        .get(&(doc.clone(), cl.core.client_id.clone(), *cseq));
+                    assert_eq!(
+                        got,
+                        Some(seq),
+                        "{}: acknowledged op {cseq} lost",
+                        cl.core.client_id
+                    );
                 }
             }
         }
@@ -380,7 +469,10 @@ fn seeded_pipeline_simulation_converges() {
     println!("simulation exercised: {total:?}");
     if !single {
         assert!(total.applied > 10_000 && total.acks > 10_000, "{total:?}");
-        assert!(total.stale > 0 && total.disconnects > 100 && total.dup_acks > 0, "{total:?}");
+        assert!(
+            total.stale > 0 && total.disconnects > 100 && total.dup_acks > 0,
+            "{total:?}"
+        );
         assert!(total.snapshots_with_pending > 0, "{total:?}");
     }
 }
@@ -408,8 +500,11 @@ fn simulation_catches_a_broken_transform() {
             let raw = sim.raw_log[(a.seq - 1) as usize].op.clone();
             naive[d] = ot::apply(&naive[d], &raw).unwrap_or_else(|_| naive[d].clone());
         }
-        (0..sim.docs.len()).any(|d| naive[d] != sim.tx_docs[d].text.to_string())
+        (0..sim.docs.len()).any(|d| naive[d] != sim.tx_docs[d].text)
     });
-    assert!(diverged, "without transformation the documents should differ for some seed");
+    assert!(
+        diverged,
+        "without transformation the documents should differ for some seed"
+    );
     let _ = AppliedRecord::encode;
 }

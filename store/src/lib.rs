@@ -19,7 +19,11 @@ pub enum StoreError {
     #[error("storage: {0}")]
     Storage(String),
     #[error("corrupt row for {doc}@{seq}: {reason}")]
-    Corrupt { doc: String, seq: u64, reason: String },
+    Corrupt {
+        doc: String,
+        seq: u64,
+        reason: String,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -35,7 +39,12 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` records of `doc` with `seq > after`, oldest first.
     async fn history(&self, doc: &str, after: u64, limit: usize) -> Result<Vec<AppliedRecord>>;
     /// The last `limit` records of `doc` with `seq < before`, oldest first.
-    async fn history_before(&self, doc: &str, before: u64, limit: usize) -> Result<Vec<AppliedRecord>>;
+    async fn history_before(
+        &self,
+        doc: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<AppliedRecord>>;
     async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<()>;
     /// The snapshot with the highest `seq <= at` (`u64::MAX`: the latest).
     async fn snapshot_at_or_before(&self, doc: &str, at: u64) -> Result<Option<Snapshot>>;
@@ -85,7 +94,8 @@ impl Store for EmbeddedStore {
         {
             let mut t = w.open_table(HISTORY).map_err(storage)?;
             for r in records {
-                t.insert((r.doc.as_str(), r.seq), r.encode().as_slice()).map_err(storage)?;
+                t.insert((r.doc.as_str(), r.seq), r.encode().as_slice())
+                    .map_err(storage)?;
             }
         }
         w.commit().map_err(storage)
@@ -98,18 +108,32 @@ impl Store for EmbeddedStore {
         if after == u64::MAX {
             return Ok(out);
         }
-        for item in t.range((doc, after + 1)..=(doc, u64::MAX)).map_err(storage)?.take(limit) {
+        for item in t
+            .range((doc, after + 1)..=(doc, u64::MAX))
+            .map_err(storage)?
+            .take(limit)
+        {
             let (k, v) = item.map_err(storage)?;
             out.push(Self::decode(doc, k.value().1, v.value())?);
         }
         Ok(out)
     }
 
-    async fn history_before(&self, doc: &str, before: u64, limit: usize) -> Result<Vec<AppliedRecord>> {
+    async fn history_before(
+        &self,
+        doc: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<AppliedRecord>> {
         let r = self.db.begin_read().map_err(storage)?;
         let t = r.open_table(HISTORY).map_err(storage)?;
         let mut out = Vec::new();
-        for item in t.range((doc, 0)..(doc, before)).map_err(storage)?.rev().take(limit) {
+        for item in t
+            .range((doc, 0)..(doc, before))
+            .map_err(storage)?
+            .rev()
+            .take(limit)
+        {
             let (k, v) = item.map_err(storage)?;
             out.push(Self::decode(doc, k.value().1, v.value())?);
         }
@@ -122,7 +146,8 @@ impl Store for EmbeddedStore {
         let w = self.db.begin_write().map_err(storage)?;
         {
             let mut t = w.open_table(SNAPSHOTS).map_err(storage)?;
-            t.insert((snapshot.doc.as_str(), snapshot.seq), bytes.as_slice()).map_err(storage)?;
+            t.insert((snapshot.doc.as_str(), snapshot.seq), bytes.as_slice())
+                .map_err(storage)?;
         }
         w.commit().map_err(storage)
     }
@@ -135,11 +160,13 @@ impl Store for EmbeddedStore {
             None => Ok(None),
             Some(item) => {
                 let (k, v) = item.map_err(storage)?;
-                serde_json::from_slice(v.value()).map(Some).map_err(|e| StoreError::Corrupt {
-                    doc: doc.into(),
-                    seq: k.value().1,
-                    reason: e.to_string(),
-                })
+                serde_json::from_slice(v.value())
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        doc: doc.into(),
+                        seq: k.value().1,
+                        reason: e.to_string(),
+                    })
             }
         }
     }
@@ -183,15 +210,38 @@ mod tests {
         assert_eq!(seqs(s.history("d", 5, 2).await.unwrap()), [9, 12]);
         assert_eq!(seqs(s.history_before("d", 12, 2).await.unwrap()), [5, 9]);
         assert_eq!(seqs(s.history("d2", 0, 10).await.unwrap()), [3]);
-        assert!(s.snapshot_at_or_before("d", u64::MAX).await.unwrap().is_none());
+        assert!(s
+            .snapshot_at_or_before("d", u64::MAX)
+            .await
+            .unwrap()
+            .is_none());
         for seq in [5, 12] {
-            s.put_snapshot(&Snapshot { doc: "d".into(), seq, text: format!("t{seq}"), clients: vec![] })
-                .await
-                .unwrap();
+            s.put_snapshot(&Snapshot {
+                doc: "d".into(),
+                seq,
+                text: format!("t{seq}"),
+                clients: vec![],
+            })
+            .await
+            .unwrap();
         }
-        assert_eq!(s.snapshot_at_or_before("d", u64::MAX).await.unwrap().unwrap().seq, 12);
-        assert_eq!(s.snapshot_at_or_before("d", 11).await.unwrap().unwrap().seq, 5);
+        assert_eq!(
+            s.snapshot_at_or_before("d", u64::MAX)
+                .await
+                .unwrap()
+                .unwrap()
+                .seq,
+            12
+        );
+        assert_eq!(
+            s.snapshot_at_or_before("d", 11).await.unwrap().unwrap().seq,
+            5
+        );
         assert!(s.snapshot_at_or_before("d", 4).await.unwrap().is_none());
-        assert!(s.snapshot_at_or_before("d2", u64::MAX).await.unwrap().is_none());
+        assert!(s
+            .snapshot_at_or_before("d2", u64::MAX)
+            .await
+            .unwrap()
+            .is_none());
     }
 }

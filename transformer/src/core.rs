@@ -26,7 +26,9 @@ pub enum Outcome {
     Applied(AppliedRecord),
     Rejected(RejectedRecord),
     /// `(client, cseq)` was already applied at `seq`: nothing is produced.
-    Duplicate { seq: u64 },
+    Duplicate {
+        seq: u64,
+    },
 }
 
 /// Decides one raw record at `seq` against `state`, updating `state` when
@@ -69,16 +71,24 @@ pub fn process(state: &mut DocState, raw: &RawRecord, seq: u64, cfg: &CoreConfig
     if raw.base > state.version {
         return reject(
             ErrorCode::InvalidOp,
-            format!("base {} is newer than the document version {}", raw.base, state.version),
+            format!(
+                "base {} is newer than the document version {}",
+                raw.base, state.version
+            ),
         );
     }
     if raw.op.inserted_bytes() > cfg.max_insert_bytes {
         return reject(
             ErrorCode::TooLarge,
-            format!("op inserts {} bytes, the limit is {}", raw.op.inserted_bytes(), cfg.max_insert_bytes),
+            format!(
+                "op inserts {} bytes, the limit is {}",
+                raw.op.inserted_bytes(),
+                cfg.max_insert_bytes
+            ),
         );
     }
-    let (Some(len_at_base), Some(later)) = (state.len_at(raw.base), state.ops_after(raw.base)) else {
+    let (Some(len_at_base), Some(later)) = (state.len_at(raw.base), state.ops_after(raw.base))
+    else {
         return reject(
             ErrorCode::StaleBase,
             format!(
@@ -156,7 +166,11 @@ mod tests {
             .filter(|p| !p.is_empty())
             .map(|p| {
                 if let Ok(n) = p.parse::<i64>() {
-                    if n > 0 { ot::Component::Retain(n as usize) } else { ot::Component::Delete((-n) as usize) }
+                    if n > 0 {
+                        ot::Component::Retain(n as usize)
+                    } else {
+                        ot::Component::Delete((-n) as usize)
+                    }
                 } else {
                     ot::Component::Insert(p.to_owned())
                 }
@@ -203,27 +217,48 @@ mod tests {
         let mut s = DocState::empty("d");
         applied(process(&mut s, &raw("a", 1, 0, "abc"), 1, &cfg));
         let before = (s.version, s.text.to_string());
-        assert_eq!(process(&mut s, &raw("a", 1, 0, "abc"), 2, &cfg), Outcome::Duplicate { seq: 1 });
-        assert_eq!(code(process(&mut s, &raw("b", 1, 9, "x"), 3, &cfg)), ErrorCode::InvalidOp);
-        assert_eq!(code(process(&mut s, &raw("b", 1, 1, "4,-1"), 4, &cfg)), ErrorCode::InvalidOp);
-        assert_eq!(code(process(&mut s, &raw("a", 2, 0, "x"), 5, &cfg)), ErrorCode::Protocol);
+        assert_eq!(
+            process(&mut s, &raw("a", 1, 0, "abc"), 2, &cfg),
+            Outcome::Duplicate { seq: 1 }
+        );
+        assert_eq!(
+            code(process(&mut s, &raw("b", 1, 9, "x"), 3, &cfg)),
+            ErrorCode::InvalidOp
+        );
+        assert_eq!(
+            code(process(&mut s, &raw("b", 1, 1, "4,-1"), 4, &cfg)),
+            ErrorCode::InvalidOp
+        );
+        assert_eq!(
+            code(process(&mut s, &raw("a", 2, 0, "x"), 5, &cfg)),
+            ErrorCode::Protocol
+        );
         let mut other_user = raw("a", 2, 1, "x");
         other_user.user = "mallory".into();
-        assert_eq!(code(process(&mut s, &other_user, 6, &cfg)), ErrorCode::Forbidden);
+        assert_eq!(
+            code(process(&mut s, &other_user, 6, &cfg)),
+            ErrorCode::Forbidden
+        );
         assert_eq!((s.version, s.text.to_string()), before);
     }
 
     #[test]
     fn stale_bases_are_refused_beyond_the_window() {
         let cfg = CoreConfig {
-            window: WindowPolicy { min_ops: 2, min_age_ms: 0 },
+            window: WindowPolicy {
+                min_ops: 2,
+                min_age_ms: 0,
+            },
             ..CoreConfig::default()
         };
         let mut s = DocState::empty("d");
         for i in 1..=5 {
             applied(process(&mut s, &raw("a", i, i - 1, "x"), i, &cfg));
         }
-        assert_eq!(code(process(&mut s, &raw("b", 1, 1, "y"), 6, &cfg)), ErrorCode::StaleBase);
+        assert_eq!(
+            code(process(&mut s, &raw("b", 1, 1, "y"), 6, &cfg)),
+            ErrorCode::StaleBase
+        );
         applied(process(&mut s, &raw("b", 1, 3, "y"), 7, &cfg));
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use doc::{load, DocState, LoadError, Sources, Topics, TRANSFORMER_GROUP};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use protocol::{decode_out_record, decode_raw_record, OutRecord};
-use quire_log::{LogError, OpLog, Offset, Partition};
+use quire_log::{LogError, Offset, OpLog, Partition};
 use store::Store;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,12 @@ pub enum TransformerError {
     #[error("loading a document: {0}")]
     Load(#[from] LoadError),
     #[error("{ops} has {a} partitions but {applied} has {b}: they must match")]
-    PartitionCounts { ops: String, applied: String, a: u32, b: u32 },
+    PartitionCounts {
+        ops: String,
+        applied: String,
+        a: u32,
+        b: u32,
+    },
 }
 
 #[derive(Clone)]
@@ -53,14 +58,21 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(registry: &Registry) -> Metrics {
-        let applied = IntCounter::new("quire_transformer_ops_applied_total", "Ops applied").unwrap();
+        let applied =
+            IntCounter::new("quire_transformer_ops_applied_total", "Ops applied").unwrap();
         let rejected = IntCounterVec::new(
-            Opts::new("quire_transformer_ops_rejected_total", "Ops rejected, by error code"),
+            Opts::new(
+                "quire_transformer_ops_rejected_total",
+                "Ops rejected, by error code",
+            ),
             &["code"],
         )
         .unwrap();
-        let duplicates =
-            IntCounter::new("quire_transformer_ops_duplicate_total", "Resent ops dropped as duplicates").unwrap();
+        let duplicates = IntCounter::new(
+            "quire_transformer_ops_duplicate_total",
+            "Resent ops dropped as duplicates",
+        )
+        .unwrap();
         let undecodable = IntCounter::new(
             "quire_transformer_records_undecodable_total",
             "Raw records that could not be read and were skipped",
@@ -70,7 +82,12 @@ impl Metrics {
             let _ = registry.register(Box::new(c.clone()));
         }
         let _ = registry.register(Box::new(rejected.clone()));
-        Metrics { applied, rejected, duplicates, undecodable }
+        Metrics {
+            applied,
+            rejected,
+            duplicates,
+            undecodable,
+        }
     }
 }
 
@@ -95,8 +112,13 @@ pub async fn run(
     let config = Arc::new(config);
     let mut tasks = JoinSet::new();
     for p in 0..a {
-        let (config, log, store, metrics, shutdown) =
-            (config.clone(), log.clone(), store.clone(), metrics.clone(), shutdown.clone());
+        let (config, log, store, metrics, shutdown) = (
+            config.clone(),
+            log.clone(),
+            store.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         tasks.spawn(async move {
             let mut part = PartitionWorker { p, config, log, store, metrics, docs: HashMap::new() };
             // A failing partition backs off and starts again from the log;
@@ -144,14 +166,21 @@ impl PartitionWorker {
     /// commit must not produce twice).
     async fn resume_point(&self) -> Result<Offset, TransformerError> {
         let t = &self.config.topics;
-        let committed = self.log.committed(TRANSFORMER_GROUP, &t.ops, self.p).await?.unwrap_or(0);
+        let committed = self
+            .log
+            .committed(TRANSFORMER_GROUP, &t.ops, self.p)
+            .await?
+            .unwrap_or(0);
         let start = self.log.log_start(&t.ops, self.p).await?;
         let hw = self.log.high_watermark(&t.applied, self.p).await?;
         let applied_start = self.log.log_start(&t.applied, self.p).await?;
         let mut done = 0;
         if hw > applied_start {
             // Raw seqs grow with applied offsets: the last record has the max.
-            let last = self.log.fetch(&t.applied, self.p, hw - 1, 1, Duration::ZERO).await?;
+            let last = self
+                .log
+                .fetch(&t.applied, self.p, hw - 1, 1, Duration::ZERO)
+                .await?;
             if let Some(r) = last.first() {
                 if let Ok(out) = decode_out_record(&r.value) {
                     done = out.raw_seq(); // raw offset + 1: the next to read
@@ -164,7 +193,11 @@ impl PartitionWorker {
     async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), TransformerError> {
         let topics = self.config.topics.clone();
         let mut pos = self.resume_point().await?;
-        tracing::info!(partition = self.p, offset = pos, "transformer partition starting");
+        tracing::info!(
+            partition = self.p,
+            offset = pos,
+            "transformer partition starting"
+        );
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -203,7 +236,10 @@ impl PartitionWorker {
                         out.push((a.doc.clone(), OutRecord::Applied(a).encode()));
                     }
                     Outcome::Rejected(r) => {
-                        self.metrics.rejected.with_label_values(&[r.code.as_str()]).inc();
+                        self.metrics
+                            .rejected
+                            .with_label_values(&[r.code.as_str()])
+                            .inc();
                         out.push((r.doc.clone(), OutRecord::Rejected(r).encode()));
                     }
                     Outcome::Duplicate { .. } => self.metrics.duplicates.inc(),
@@ -217,7 +253,9 @@ impl PartitionWorker {
                     return Err(e.into());
                 }
             }
-            self.log.commit(TRANSFORMER_GROUP, &topics.ops, self.p, next).await?;
+            self.log
+                .commit(TRANSFORMER_GROUP, &topics.ops, self.p, next)
+                .await?;
             pos = next;
         }
     }

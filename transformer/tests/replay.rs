@@ -14,6 +14,7 @@ use store::{EmbeddedStore, Store};
 use transformer::{process, CoreConfig, Outcome};
 
 const DOC: &str = "replayed";
+const INSERTS: &[&str] = &["x", "yz", "é", "😀"];
 
 /// Raw records from several clients with random (sometimes stale, sometimes
 /// invalid) bases.
@@ -27,7 +28,11 @@ fn raw_records(seed: u64, n: usize, cfg: &CoreConfig) -> Vec<RawRecord> {
     for i in 0..n {
         let c = r.below(4) as usize;
         // One op in flight per client: bases never go below its last op.
-        let versions: Vec<u64> = texts.keys().copied().filter(|v| *v >= last_seq[c]).collect();
+        let versions: Vec<u64> = texts
+            .keys()
+            .copied()
+            .filter(|v| *v >= last_seq[c])
+            .collect();
         let base = versions[versions.len() - 1 - r.below(versions.len().min(12) as u64) as usize];
         let text = &texts[&base];
         let len = text.chars().count();
@@ -37,7 +42,7 @@ fn raw_records(seed: u64, n: usize, cfg: &CoreConfig) -> Vec<RawRecord> {
         } else if len > 0 && r.chance(1, 3) {
             Op::splice(pos, (1 + r.below(3) as usize).min(len - pos), "")
         } else {
-            Op::splice(pos, 0, *r.pick(&["x", "yz", "é", "😀"][..]))
+            Op::splice(pos, 0, r.pick::<&str>(INSERTS))
         };
         cseqs[c] += 1;
         let raw = RawRecord {
@@ -62,7 +67,13 @@ fn raw_records(seed: u64, n: usize, cfg: &CoreConfig) -> Vec<RawRecord> {
 
 #[tokio::test]
 async fn rebuilding_from_any_snapshot_gives_identical_output() {
-    let cfg = CoreConfig { window: WindowPolicy { min_ops: 6, min_age_ms: 0 }, ..CoreConfig::default() };
+    let cfg = CoreConfig {
+        window: WindowPolicy {
+            min_ops: 6,
+            min_age_ms: 0,
+        },
+        ..CoreConfig::default()
+    };
     let raws = raw_records(42, 300, &cfg);
 
     // The reference run from the empty document.
@@ -89,7 +100,10 @@ async fn rebuilding_from_any_snapshot_gives_identical_output() {
             *codes.entry(r.code.as_str()).or_insert(0) += 1;
         }
     }
-    assert!(kinds.0 > 100 && kinds.1 > 5, "applied/rejected: {kinds:?} {codes:?}");
+    assert!(
+        kinds.0 > 100 && kinds.1 > 5,
+        "applied/rejected: {kinds:?} {codes:?}"
+    );
 
     for cut in [0usize, 1, 17, 100, 150, 299] {
         let dir = tempfile::tempdir().unwrap();
@@ -113,13 +127,22 @@ async fn rebuilding_from_any_snapshot_gives_identical_output() {
         if cut > 0 {
             store.put_snapshot(&snapshots[cut - 1]).await.unwrap();
         }
-        let recs: Vec<_> = outputs[..cut].iter().flatten().map(|o| (DOC.to_owned(), o.encode())).collect();
+        let recs: Vec<_> = outputs[..cut]
+            .iter()
+            .flatten()
+            .map(|o| (DOC.to_owned(), o.encode()))
+            .collect();
         if !recs.is_empty() {
             log.produce(&topics.applied, recs).await.unwrap();
         }
         let log: Arc<dyn OpLog> = Arc::new(log);
         let store: Arc<dyn Store> = Arc::new(store);
-        let sources = Sources { log: log.as_ref(), store: store.as_ref(), topics: &topics, window: cfg.window };
+        let sources = Sources {
+            log: log.as_ref(),
+            store: store.as_ref(),
+            topics: &topics,
+            window: cfg.window,
+        };
         let mut rebuilt = load(sources, DOC, None, None).await.unwrap();
         for (i, raw) in raws.iter().enumerate().skip(cut) {
             let out = match process(&mut rebuilt, raw, i as u64 + 1, &cfg) {

@@ -21,7 +21,9 @@ fn usage() -> ! {
 }
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
-    args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| usage())
+    args.get(i)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| usage())
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -35,7 +37,9 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("pipeline") => pipeline(args[2].clone(), arg(&args, 3), arg(&args, 4), arg(&args, 5)).await,
+        Some("pipeline") => {
+            pipeline(args[2].clone(), arg(&args, 3), arg(&args, 4), arg(&args, 5)).await
+        }
         Some("log") => log(arg::<String>(&args, 2), arg(&args, 3), arg(&args, 4)).await,
         _ => usage(),
     }
@@ -49,7 +53,9 @@ async fn pipeline(base: String, clients: usize, docs: usize, ops: usize) {
         let base = base.clone();
         let doc = format!("load-{run_id}-{}", i % docs);
         tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(&base, &doc, &format!("load{i}"), None).await.expect("connect");
+            let mut c = Client::connect(&base, &doc, &format!("load{i}"), None)
+                .await
+                .expect("connect");
             let mut lat = Vec::with_capacity(ops);
             for k in 0..ops {
                 let len = c.text().chars().count();
@@ -77,7 +83,9 @@ async fn pipeline(base: String, clients: usize, docs: usize, ops: usize) {
         *v = (*v).max(c.version());
     }
     for (doc, c) in finished.iter_mut() {
-        c.wait_version(max_version[doc.as_str()], Duration::from_secs(60)).await.expect("catch up");
+        c.wait_version(max_version[doc.as_str()], Duration::from_secs(60))
+            .await
+            .expect("catch up");
     }
     for (doc, c) in &finished {
         let first = finished.iter().find(|(d, _)| d == doc).unwrap();
@@ -98,14 +106,20 @@ async fn pipeline(base: String, clients: usize, docs: usize, ops: usize) {
 async fn log(dir: String, producers: usize, records: usize) {
     let _ = std::fs::remove_dir_all(&dir);
     let log = Arc::new(
-        EmbeddedLog::open(EmbeddedLogConfig { dir: dir.clone().into(), topics: vec![("bench".into(), 8)] }).unwrap(),
+        EmbeddedLog::open(EmbeddedLogConfig {
+            dir: dir.clone().into(),
+            topics: vec![("bench".into(), 8)],
+        })
+        .unwrap(),
     );
     let value = vec![b'x'; 200];
     // Baseline: one producer, one record per durable append.
     let serial_n = records / 4;
     let t = Instant::now();
     for i in 0..serial_n {
-        log.produce("bench", vec![(format!("k{}", i % 64), value.clone())]).await.unwrap();
+        log.produce("bench", vec![(format!("k{}", i % 64), value.clone())])
+            .await
+            .unwrap();
     }
     let serial = serial_n as f64 / t.elapsed().as_secs_f64();
     // Concurrent producers, each still one record per durable append.
@@ -115,7 +129,12 @@ async fn log(dir: String, producers: usize, records: usize) {
         let (log, value) = (log.clone(), value.clone());
         tasks.push(tokio::spawn(async move {
             for i in 0..records / producers {
-                log.produce("bench", vec![(format!("k{}", (p * 31 + i) % 64), value.clone())]).await.unwrap();
+                log.produce(
+                    "bench",
+                    vec![(format!("k{}", (p * 31 + i) % 64), value.clone())],
+                )
+                .await
+                .unwrap();
             }
         }));
     }

@@ -29,7 +29,10 @@ impl Server {
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut s = Server::spawn(&data, extra.iter().map(|s| s.to_string()).collect(), env);
         s._tmp = Some(tmp);
         s
@@ -37,7 +40,13 @@ impl Server {
 
     fn spawn(data: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Server {
         let (child, addr) = launch(data, &args, &env);
-        Server { child, addr, data: data.to_owned(), args, _tmp: None }
+        Server {
+            child,
+            addr,
+            data: data.to_owned(),
+            args,
+            _tmp: None,
+        }
     }
 
     pub fn ws(&self) -> String {
@@ -64,7 +73,11 @@ impl Server {
 
 fn launch(data: &Path, args: &[String], env: &[(String, String)]) -> (Child, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quire"));
-    cmd.arg("serve").arg("--addr").arg("127.0.0.1:0").arg("--data").arg(data);
+    cmd.arg("serve")
+        .arg("--addr")
+        .arg("127.0.0.1:0")
+        .arg("--data")
+        .arg(data);
     cmd.args(args);
     cmd.env_remove("QUIRE_JWT_SECRET");
     for (k, v) in env {
@@ -76,7 +89,10 @@ fn launch(data: &Path, args: &[String], env: &[(String, String)]) -> (Child, Str
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let addr = loop {
-        let line = lines.next().expect("quire exited before listening").unwrap();
+        let line = lines
+            .next()
+            .expect("quire exited before listening")
+            .unwrap();
         if let Some(rest) = line.strip_prefix("quire listening on http://") {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
@@ -95,11 +111,19 @@ impl Drop for Server {
 
 /// One HTTP/1.1 request with `Connection: close`; the body parsed as JSON
 /// (or a JSON string holding the raw text).
-pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> (u16, serde_json::Value) {
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let body = body.unwrap_or("");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
@@ -109,9 +133,20 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>, token: Opt
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status: u16 = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let rest = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_owned() };
+    let rest = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
     let json = serde_json::from_str(&rest).unwrap_or(serde_json::Value::String(rest));
     (status, json)
 }
@@ -130,9 +165,18 @@ fn dechunk(mut s: &str) -> String {
 }
 
 pub fn token(secret: &str, sub: &str, docs: &[&str], role: &str, exp_from_now: i64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let claims = serde_json::json!({ "sub": sub, "docs": docs, "role": role, "exp": now + exp_from_now });
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims =
+        serde_json::json!({ "sub": sub, "docs": docs, "role": role, "exp": now + exp_from_now });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// A tiny seeded PRNG for tests.
@@ -144,8 +188,7 @@ pub fn random_edit(r: &mut ot::SplitMix64, text: &str) -> ot::Op {
         let del = del.min(len - pos);
         ot::Op::splice(pos, del, "")
     } else {
-        let words = ["a", "bc", "é", "中文", "😀", " ", "\n", "xyz"];
-        let w: &str = *r.pick(&words[..]);
-        ot::Op::splice(pos, 0, w)
+        const WORDS: &[&str] = &["a", "bc", "é", "中文", "😀", " ", "\n", "xyz"];
+        ot::Op::splice(pos, 0, r.pick::<&str>(WORDS))
     }
 }
