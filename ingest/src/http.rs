@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -14,6 +15,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use protocol::{validate_client_id, validate_doc_id, ErrorCode, OutRecord, ProtoError, ServerMsg};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Auth, Ingest, Principal};
@@ -28,6 +30,38 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// How long `POST …/ops` waits for the op to be applied.
     pub post_timeout: Duration,
+    /// Permits for open WebSocket connections and pending HTTP submissions.
+    pub connections: Arc<Semaphore>,
+    pub pending_posts: Arc<Semaphore>,
+}
+
+impl Gateway {
+    pub fn new(
+        auth: Auth,
+        ingest: Ingest,
+        fanout: Fanout,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> Gateway {
+        let limits = ingest.limits().clone();
+        Gateway {
+            auth,
+            ingest,
+            fanout,
+            registry,
+            shutdown,
+            post_timeout: Duration::from_secs(30),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            pending_posts: Arc::new(Semaphore::new(limits.max_pending_posts)),
+        }
+    }
+}
+
+pub(crate) fn overloaded(what: &str) -> ProtoError {
+    ProtoError::new(
+        ErrorCode::Overloaded,
+        format!("too many {what}; retry later"),
+    )
 }
 
 /// Maximum page of `GET …/ops`.
@@ -238,6 +272,14 @@ async fn post_op(
             gw.count(&e);
             return error_response(&e);
         }
+    };
+    let Ok(_permit) = gw.pending_posts.clone().try_acquire_owned() else {
+        let e = overloaded("pending submissions");
+        gw.count(&e);
+        let mut resp = op_error_response(&e, &req.client, req.cseq);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, "1".parse().expect("static"));
+        return resp;
     };
     let (client, cseq) = (req.client.clone(), req.cseq);
     let fail = |e: ProtoError| {

@@ -22,8 +22,12 @@ pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let admitted = gw.admit(&doc, &headers, &query);
+    let Ok(permit) = gw.connections.clone().try_acquire_owned() else {
+        return crate::http::error_response(&crate::http::overloaded("connections"));
+    };
     let max = gw.ingest.limits().max_frame_bytes;
     ws_upgrade_limits(ws, max).on_upgrade(move |socket| async move {
+        let _permit = permit;
         let metrics = gw.ingest.metrics().connections.clone();
         metrics.inc();
         let limits = gw.ingest.limits().clone();

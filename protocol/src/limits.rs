@@ -14,6 +14,10 @@ pub struct Limits {
     pub presence_per_sec: f64,
     /// Outbound messages queued per subscriber before it is cut off.
     pub subscriber_queue: usize,
+    /// Open WebSocket connections; more are refused with OVERLOADED.
+    pub max_connections: usize,
+    /// `POST …/ops` requests waiting for their op at once.
+    pub max_pending_posts: usize,
 }
 
 impl Default for Limits {
@@ -26,6 +30,8 @@ impl Default for Limits {
             ops_burst: 400.0,
             presence_per_sec: 30.0,
             subscriber_queue: 1024,
+            max_connections: 10_000,
+            max_pending_posts: 1024,
         }
     }
 }

@@ -150,19 +150,13 @@ pub async fn run(
             Auth::open()
         }
     };
-    let gateway = Gateway {
-        auth,
-        ingest: Ingest::new(
-            log.clone(),
-            topics.ops.clone(),
-            config.limits.clone(),
-            ingest::Metrics::new(&registry),
-        ),
-        fanout,
-        registry,
-        shutdown: shutdown.clone(),
-        post_timeout: Duration::from_secs(30),
-    };
+    let ingest = Ingest::new(
+        log.clone(),
+        topics.ops.clone(),
+        config.limits.clone(),
+        ingest::Metrics::new(&registry),
+    );
+    let gateway = Gateway::new(auth, ingest, fanout, registry, shutdown.clone());
     let app = ingest::router(gateway);
     let s = shutdown.clone();
     // Small frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).

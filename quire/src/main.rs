@@ -75,6 +75,12 @@ struct ServeArgs {
     /// Outbound frames queued per subscriber before it is cut off (OVERLOADED).
     #[arg(long, env = "QUIRE_SUBSCRIBER_QUEUE", default_value_t = 1024)]
     subscriber_queue: usize,
+    /// Open WebSocket connections at most.
+    #[arg(long, env = "QUIRE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// HTTP op submissions waiting to be applied at most.
+    #[arg(long, env = "QUIRE_MAX_PENDING_POSTS", default_value_t = 1024)]
+    max_pending_posts: usize,
     /// Ops a document keeps for transforming old bases (at least).
     #[arg(long, env = "QUIRE_WINDOW_OPS", default_value_t = 10_000)]
     window_ops: usize,
@@ -107,6 +113,8 @@ impl ServeArgs {
             ops_burst: self.ops_burst,
             presence_per_sec: self.presence_per_sec,
             subscriber_queue: self.subscriber_queue,
+            max_connections: self.max_connections,
+            max_pending_posts: self.max_pending_posts,
         };
         let config = ServeConfig {
             addr: self.addr,

@@ -554,3 +554,38 @@ async fn auth_tokens_roles_documents_and_client_binding() {
     );
     assert_eq!((status, doc["text"].as_str()), (200, Some("hi")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused_with_overloaded() {
+    let server = Server::start(&["--max-connections", "2"]);
+    let _a = Client::connect(&server.ws(), "full", "a", None)
+        .await
+        .unwrap();
+    let mut b = Client::connect(&server.ws(), "full", "b", None)
+        .await
+        .unwrap();
+    match tokio_tungstenite::connect_async(format!("{}/v1/docs/full/ws", server.ws())).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["code"], "OVERLOADED");
+        }
+        other => panic!("expected a 503, got {:?}", other.map(|_| ())),
+    }
+    // A slot frees when a connection closes.
+    b.disconnect();
+    drop(b);
+    let mut ok = false;
+    for _ in 0..50 {
+        if Client::connect(&server.ws(), "full", "c", None)
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "a freed slot is usable again");
+}
