@@ -19,6 +19,9 @@ use store::{Store, StoreError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// Records each presence partition keeps after truncation.
+const PRESENCE_RETAIN: u64 = 1000;
+
 #[derive(Debug, Clone)]
 pub struct CompactorConfig {
     pub topics: Topics,
@@ -245,9 +248,12 @@ impl Worker {
             .unwrap_or(0);
         let ops_hw = self.log.high_watermark(&t.ops, self.p).await?;
         let applied_hw = self.log.high_watermark(&t.applied, self.p).await?;
+        // Presence is ephemeral: keep only a short tail.
+        let presence_hw = self.log.high_watermark(&t.presence, self.p).await?;
         for (topic, before) in [
             (&t.ops, transformed.min(ops_hw.saturating_sub(keep))),
             (&t.applied, compacted.min(applied_hw.saturating_sub(keep))),
+            (&t.presence, presence_hw.saturating_sub(PRESENCE_RETAIN)),
         ] {
             let old = self.log.log_start(topic, self.p).await?;
             if before > old {

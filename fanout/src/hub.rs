@@ -6,8 +6,8 @@ use std::time::Duration;
 use doc::{load, DocState, LoadError, Sources, Topics, WindowPolicy};
 use prometheus::{IntCounter, IntGauge, Registry};
 use protocol::{
-    decode_out_record, AppliedRecord, Cursor, ErrorCode, OutRecord, ProtoError, RejectedRecord,
-    ServerMsg,
+    decode_out_record, decode_presence_record, AppliedRecord, ErrorCode, OutRecord, ProtoError,
+    RejectedRecord, ServerMsg,
 };
 use quire_log::{partition_for, LogError, Offset, OpLog, Partition};
 use store::{Store, StoreError};
@@ -90,10 +90,8 @@ pub type Frame = Arc<str>;
 struct Sub {
     id: u64,
     client: String,
-    user: String,
     tx: mpsc::Sender<Frame>,
     kick: Option<oneshot::Sender<ErrorCode>>,
-    sent_presence: bool,
 }
 
 type WaitKey = (String, u64);
@@ -222,7 +220,6 @@ impl Fanout {
         &self,
         doc: &str,
         client: &str,
-        user: &str,
         since: Option<u64>,
     ) -> Result<Joined, FanoutError> {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
@@ -235,10 +232,8 @@ impl Fanout {
         hub.subs.push(Sub {
             id,
             client: client.to_owned(),
-            user: user.to_owned(),
             tx,
             kick: Some(kick),
-            sent_presence: false,
         });
         self.inner.metrics.subscribers.inc();
         Ok(Joined {
@@ -250,55 +245,15 @@ impl Fanout {
         })
     }
 
-    /// Unsubscribes; tells the others the client left if it showed presence.
+    /// Unsubscribes. (The gateway produces the `leave` to the presence topic.)
     pub async fn leave(&self, doc: &str, id: u64) {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
         let Some(hub) = part.docs.get_mut(doc) else {
             return;
         };
-        let Some(i) = hub.subs.iter().position(|s| s.id == id) else {
-            return;
-        };
-        let sub = hub.subs.swap_remove(i);
-        self.inner.metrics.subscribers.dec();
-        let still_here = hub.subs.iter().any(|s| s.client == sub.client);
-        if sub.sent_presence && !still_here {
-            let f = frame(&ServerMsg::Leave {
-                client: sub.client.clone(),
-            });
-            for s in &hub.subs {
-                let _ = s.tx.try_send(f.clone());
-            }
-        }
-    }
-
-    /// Relays a presence update to the document's other subscribers. Presence
-    /// is ephemeral: a full queue drops it rather than cutting anyone off.
-    pub async fn presence(
-        &self,
-        doc: &str,
-        id: u64,
-        seq: u64,
-        cursor: Option<Cursor>,
-        meta: Option<serde_json::Value>,
-    ) {
-        let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
-        let Some(hub) = part.docs.get_mut(doc) else {
-            return;
-        };
-        let Some(me) = hub.subs.iter_mut().find(|s| s.id == id) else {
-            return;
-        };
-        me.sent_presence = true;
-        let f = frame(&ServerMsg::Presence {
-            client: me.client.clone(),
-            user: me.user.clone(),
-            seq,
-            cursor,
-            meta,
-        });
-        for s in hub.subs.iter().filter(|s| s.id != id) {
-            let _ = s.tx.try_send(f.clone());
+        if let Some(i) = hub.subs.iter().position(|s| s.id == id) {
+            hub.subs.swap_remove(i);
+            self.inner.metrics.subscribers.dec();
         }
     }
 
@@ -435,9 +390,27 @@ impl Fanout {
         Ok(out)
     }
 
-    /// Consumes the applied topic until `shutdown`, one task per partition.
+    /// Consumes the applied and presence topics until `shutdown`, one task
+    /// per partition each.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut tasks = JoinSet::new();
+        for p in 0..self.inner.parts.len() as Partition {
+            let (me, shutdown) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                loop {
+                    match me.relay_presence(p, &shutdown).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::warn!(partition = p, error = %e, "presence relay failed; restarting at the end of the topic");
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                            }
+                        }
+                    }
+                }
+            });
+        }
         for p in 0..self.inner.parts.len() as Partition {
             let (me, shutdown) = (self.clone(), shutdown.clone());
             tasks.spawn(async move {
@@ -515,6 +488,51 @@ impl Fanout {
             for d in broken {
                 if let Some(hub) = docs.remove(&d) {
                     self.kick_all(hub.subs);
+                }
+            }
+        }
+    }
+
+    /// Relays `quire.presence` to each document's other subscribers, from
+    /// the end of the topic (presence is ephemeral: nothing old is replayed).
+    /// A full queue drops presence rather than cutting anyone off.
+    async fn relay_presence(
+        &self,
+        p: Partition,
+        shutdown: &CancellationToken,
+    ) -> Result<(), FanoutError> {
+        let topic = self.inner.config.topics.presence.clone();
+        let mut pos = self.inner.log.high_watermark(&topic, p).await?;
+        loop {
+            let fetched = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                b = self.inner.log.fetch(&topic, p, pos, 500, Duration::from_millis(500)) => b,
+            };
+            let batch = match fetched {
+                Ok(b) => b,
+                Err(LogError::OffsetOutOfRange { log_start, .. }) => {
+                    pos = log_start;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some(last) = batch.last() else { continue };
+            pos = last.offset + 1;
+            let mut part = self.inner.parts[p as usize].lock().await;
+            for rec in batch {
+                let Some(hub) = part.docs.get_mut(&rec.key) else {
+                    continue;
+                };
+                match decode_presence_record(&rec.value) {
+                    Ok(pr) => {
+                        let f = frame(&pr.to_msg());
+                        for s in hub.subs.iter().filter(|s| s.client != pr.client()) {
+                            let _ = s.tx.try_send(f.clone());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = p, offset = rec.offset, error = %e, "unreadable presence record skipped")
+                    }
                 }
             }
         }

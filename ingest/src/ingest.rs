@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use ot::Op;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use protocol::{now_ms, ErrorCode, Limits, ProtoError, RawRecord, RECORD_VERSION};
+use protocol::{now_ms, ErrorCode, Limits, PresenceRecord, ProtoError, RawRecord, RECORD_VERSION};
 use quire_log::OpLog;
 
 #[derive(Clone)]
@@ -58,15 +58,24 @@ impl Metrics {
 pub struct Ingest {
     log: Arc<dyn OpLog>,
     topic: String,
+    presence_topic: String,
     limits: Limits,
     metrics: Metrics,
 }
 
 impl Ingest {
-    pub fn new(log: Arc<dyn OpLog>, topic: String, limits: Limits, metrics: Metrics) -> Ingest {
+    /// `topic` takes raw ops, `presence_topic` presence and leaves.
+    pub fn new(
+        log: Arc<dyn OpLog>,
+        topic: String,
+        presence_topic: String,
+        limits: Limits,
+        metrics: Metrics,
+    ) -> Ingest {
         Ingest {
             log,
             topic,
+            presence_topic,
             limits,
             metrics,
         }
@@ -126,6 +135,21 @@ impl Ingest {
                     format!("the log did not take the op: {e}"),
                 ))
             }
+        }
+    }
+
+    /// Produces a presence update or a leave to the presence topic. Presence
+    /// is ephemeral: a failure is logged, not reported to anyone.
+    pub async fn presence(&self, rec: PresenceRecord) {
+        let doc = match &rec {
+            PresenceRecord::Presence { doc, .. } | PresenceRecord::Leave { doc, .. } => doc.clone(),
+        };
+        if let Err(e) = self
+            .log
+            .produce(&self.presence_topic, vec![(doc, rec.encode())])
+            .await
+        {
+            tracing::warn!(error = %e, "presence not produced");
         }
     }
 

@@ -7,7 +7,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use fanout::Joined;
-use protocol::{ClientMsg, ErrorCode, ProtoError, ServerMsg};
+use protocol::{
+    now_ms, ClientMsg, ErrorCode, PresenceRecord, ProtoError, ServerMsg, RECORD_VERSION,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::http::{fanout_error, ws_upgrade_limits, Gateway};
@@ -38,6 +40,7 @@ pub(crate) async fn upgrade(
             joined: None,
             ops: TokenBucket::new(limits.ops_per_sec, limits.ops_burst),
             presence: TokenBucket::new(limits.presence_per_sec, limits.presence_per_sec * 2.0),
+            sent_presence: false,
         };
         conn.run(admitted).await;
         metrics.dec();
@@ -58,6 +61,7 @@ struct Conn {
     joined: Option<Live>,
     ops: TokenBucket,
     presence: TokenBucket,
+    sent_presence: bool,
 }
 
 /// Whether the connection goes on after a message.
@@ -169,6 +173,15 @@ impl Conn {
         }
         if let Some(l) = self.joined.take() {
             self.gw.fanout.leave(&self.doc, l.id).await;
+            if self.sent_presence {
+                let rec = PresenceRecord::Leave {
+                    v: RECORD_VERSION,
+                    doc: self.doc.clone(),
+                    client: l.client,
+                    ts: now_ms(),
+                };
+                self.gw.ingest.presence(rec).await;
+            }
         }
     }
 
@@ -200,12 +213,7 @@ impl Conn {
                     );
                     return self.send(&ServerMsg::error(&e)).await;
                 }
-                match self
-                    .gw
-                    .fanout
-                    .join(&self.doc, &client, &who.user, since)
-                    .await
-                {
+                match self.gw.fanout.join(&self.doc, &client, since).await {
                     Ok(Joined {
                         id,
                         catchup,
@@ -311,7 +319,7 @@ impl Conn {
                     let e = ProtoError::new(ErrorCode::Protocol, "presence before hello");
                     return self.send(&ServerMsg::error(&e)).await;
                 };
-                let id = live.id;
+                let client = live.client.clone();
                 if let Err(wait) = self.presence.take() {
                     let msg = ServerMsg::Error {
                         code: ErrorCode::RateLimited,
@@ -322,10 +330,18 @@ impl Conn {
                     };
                     return self.send(&msg).await;
                 }
-                self.gw
-                    .fanout
-                    .presence(&self.doc, id, seq, cursor, meta)
-                    .await;
+                self.sent_presence = true;
+                let rec = PresenceRecord::Presence {
+                    v: RECORD_VERSION,
+                    doc: self.doc.clone(),
+                    client,
+                    user: who.user.clone(),
+                    seq,
+                    cursor,
+                    meta,
+                    ts: now_ms(),
+                };
+                self.gw.ingest.presence(rec).await;
                 Ok(())
             }
         }

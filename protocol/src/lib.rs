@@ -14,8 +14,8 @@ pub use ids::{validate_client_id, validate_doc_id};
 pub use limits::Limits;
 pub use msg::{ClientMsg, Cursor, ServerMsg};
 pub use record::{
-    decode_out_record, decode_raw_record, AppliedRecord, ClientEntry, OutRecord, RawRecord,
-    RejectedRecord, Snapshot, RECORD_VERSION,
+    decode_out_record, decode_presence_record, decode_raw_record, AppliedRecord, ClientEntry,
+    OutRecord, PresenceRecord, RawRecord, RejectedRecord, Snapshot, RECORD_VERSION,
 };
 
 /// Milliseconds since the Unix epoch; the `ts` stamped by ingest.

@@ -127,6 +127,73 @@ pub fn decode_out_record(bytes: &[u8]) -> Result<OutRecord, ProtoError> {
         .map_err(|e| ProtoError::new(ErrorCode::BadMessage, format!("bad applied record: {e}")))
 }
 
+/// A `quire.presence` value: ephemeral cursor state, or a client leaving.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum PresenceRecord {
+    Presence {
+        v: u32,
+        doc: String,
+        client: String,
+        user: String,
+        seq: u64,
+        #[serde(default)]
+        cursor: Option<crate::Cursor>,
+        #[serde(default)]
+        meta: Option<serde_json::Value>,
+        ts: i64,
+    },
+    Leave {
+        v: u32,
+        doc: String,
+        client: String,
+        ts: i64,
+    },
+}
+
+impl PresenceRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("records always serialise")
+    }
+
+    pub fn client(&self) -> &str {
+        match self {
+            PresenceRecord::Presence { client, .. } | PresenceRecord::Leave { client, .. } => {
+                client
+            }
+        }
+    }
+
+    /// The message other subscribers get.
+    pub fn to_msg(&self) -> crate::ServerMsg {
+        match self {
+            PresenceRecord::Presence {
+                client,
+                user,
+                seq,
+                cursor,
+                meta,
+                ..
+            } => crate::ServerMsg::Presence {
+                client: client.clone(),
+                user: user.clone(),
+                seq: *seq,
+                cursor: *cursor,
+                meta: meta.clone(),
+            },
+            PresenceRecord::Leave { client, .. } => crate::ServerMsg::Leave {
+                client: client.clone(),
+            },
+        }
+    }
+}
+
+pub fn decode_presence_record(bytes: &[u8]) -> Result<PresenceRecord, ProtoError> {
+    check_version(bytes)?;
+    serde_json::from_slice(bytes)
+        .map_err(|e| ProtoError::new(ErrorCode::BadMessage, format!("bad presence record: {e}")))
+}
+
 /// One row of a document's dedup table: the last op of each client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientEntry {

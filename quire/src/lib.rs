@@ -70,6 +70,7 @@ pub async fn run(
             topics: vec![
                 (topics.ops.clone(), config.partitions),
                 (topics.applied.clone(), config.partitions),
+                (topics.presence.clone(), config.partitions),
             ],
         })
         .with_context(|| format!("opening the embedded log under {}", config.data.display()))?,
@@ -153,6 +154,7 @@ pub async fn run(
     let ingest = Ingest::new(
         log.clone(),
         topics.ops.clone(),
+        topics.presence.clone(),
         config.limits.clone(),
         ingest::Metrics::new(&registry),
     );
