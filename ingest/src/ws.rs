@@ -301,17 +301,7 @@ impl Conn {
                 {
                     // The ack is the applied op, arriving through fanout.
                     Ok(_) => Ok(()),
-                    Err(e) => {
-                        let retry = (e.code == ErrorCode::Overloaded).then_some(500);
-                        let msg = ServerMsg::Error {
-                            code: e.code,
-                            message: e.message,
-                            client: Some(client),
-                            cseq: Some(cseq),
-                            retry_after_ms: retry,
-                        };
-                        self.send(&msg).await
-                    }
+                    Err(e) => self.send(&ServerMsg::op_error(&e, &client, cseq)).await,
                 }
             }
             ClientMsg::Presence { seq, cursor, meta } => {

@@ -81,6 +81,14 @@ fn meta_len(meta: &Option<Value>) -> usize {
     meta.as_ref().map_or(0, |m| m.to_string().len())
 }
 
+/// RATE_LIMITED and OVERLOADED always say when to retry (SPEC §7); where
+/// the server knows no better, one second.
+pub const DEFAULT_RETRY_AFTER_MS: u64 = 1000;
+
+fn default_retry_after(code: ErrorCode) -> Option<u64> {
+    matches!(code, ErrorCode::RateLimited | ErrorCode::Overloaded).then_some(DEFAULT_RETRY_AFTER_MS)
+}
+
 /// Server → client (SPEC §5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -155,7 +163,7 @@ impl ServerMsg {
             message: e.message.clone(),
             client: None,
             cseq: None,
-            retry_after_ms: None,
+            retry_after_ms: default_retry_after(e.code),
         }
     }
 
@@ -165,7 +173,7 @@ impl ServerMsg {
             message: e.message.clone(),
             client: Some(client.to_owned()),
             cseq: Some(cseq),
-            retry_after_ms: None,
+            retry_after_ms: default_retry_after(e.code),
         }
     }
 

@@ -570,6 +570,10 @@ async fn connections_beyond_the_limit_are_refused_with_overloaded() {
             let body: serde_json::Value =
                 serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
             assert_eq!(body["code"], "OVERLOADED");
+            assert!(
+                body["retryAfterMs"].as_u64().is_some_and(|ms| ms > 0),
+                "{body}"
+            );
         }
         other => panic!("expected a 503, got {:?}", other.map(|_| ())),
     }
