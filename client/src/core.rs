@@ -44,8 +44,9 @@ pub enum CoreEvent {
     },
     /// The applied stream skipped a version: reconnect with `since`.
     Gap { expected_prev: u64, got_prev: u64 },
-    /// The client must re-join without `since` (STALE_BASE recovery).
-    RejoinFresh,
+    /// The in-flight op `stale_cseq` was refused with STALE_BASE; its edits
+    /// were rebased onto the current version and sent again with a new cseq.
+    Resubmitted { stale_cseq: u64 },
 }
 
 /// SPEC §4 client discipline, sans I/O. Feed it server messages and local
@@ -63,25 +64,39 @@ pub struct ClientCore {
     buffer: Op,
     live: bool,
     rebase: Option<Rebase>,
-    /// The next join must be without `since`.
-    fresh_join: bool,
     outbox: Vec<ClientMsg>,
 }
 
-/// Splices `b` to look like `a`'s change into `b`: common prefix/suffix diff.
+/// The op turning `a` into `b`: a character-level Myers diff (with a
+/// deadline, after which the diff gets coarser but stays correct).
 fn diff(a: &str, b: &str) -> Op {
+    use similar::{capture_diff_slices_deadline, Algorithm, DiffOp};
     let (ac, bc): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let pre = ac.iter().zip(&bc).take_while(|(x, y)| x == y).count();
-    let max_suf = ac.len().min(bc.len()) - pre;
-    let suf = ac
-        .iter()
-        .rev()
-        .zip(bc.iter().rev())
-        .take(max_suf)
-        .take_while(|(x, y)| x == y)
-        .count();
-    let ins: String = bc[pre..bc.len() - suf].iter().collect();
-    Op::splice(pre, ac.len() - pre - suf, &ins)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    let mut comps = Vec::new();
+    for d in capture_diff_slices_deadline(Algorithm::Myers, &ac, &bc, Some(deadline)) {
+        match d {
+            DiffOp::Equal { len, .. } => comps.push(ot::Component::Retain(len)),
+            DiffOp::Delete { old_len, .. } => comps.push(ot::Component::Delete(old_len)),
+            DiffOp::Insert {
+                new_index, new_len, ..
+            } => comps.push(ot::Component::Insert(
+                bc[new_index..new_index + new_len].iter().collect(),
+            )),
+            DiffOp::Replace {
+                old_len,
+                new_index,
+                new_len,
+                ..
+            } => {
+                comps.push(ot::Component::Insert(
+                    bc[new_index..new_index + new_len].iter().collect(),
+                ));
+                comps.push(ot::Component::Delete(old_len));
+            }
+        }
+    }
+    Op::from_components(comps)
 }
 
 /// Three-way merge: the op that brings `ours`' changes (relative to `base`)
@@ -105,7 +120,6 @@ impl ClientCore {
             buffer: Op::noop(),
             live: false,
             rebase: None,
-            fresh_join: false,
             outbox: Vec::new(),
         }
     }
@@ -149,14 +163,9 @@ impl ClientCore {
     pub fn hello(&mut self) -> ClientMsg {
         self.live = false;
         self.outbox.clear();
-        let since = if self.fresh_join {
-            None
-        } else {
-            Some(self.version)
-        };
         ClientMsg::Hello {
             client: self.client_id.clone(),
-            since,
+            since: Some(self.version),
         }
     }
 
@@ -226,7 +235,6 @@ impl ClientCore {
                 if self.rebase.is_none() {
                     self.local = self.server.clone();
                 }
-                self.fresh_join = false;
             }
             ServerMsg::Ready { seq } => {
                 self.live = true;
@@ -315,17 +323,18 @@ impl ClientCore {
                         ErrorCode::StaleBase => {
                             let i = self.inflight.take().expect("ours");
                             if self.rebase.is_some() {
-                                // We hold a fresh snapshot already: merge now.
+                                // The resend after a snapshot was too old:
+                                // merge onto the snapshot now.
                                 self.finish_rebase(false);
                             } else {
-                                // Keep the edits; re-join fresh, then merge them.
-                                self.rebase = Some(Rebase {
-                                    old_server: self.server.to_string(),
-                                    inflight: Some(i.op),
-                                    buffer: std::mem::take(&mut self.buffer),
-                                });
-                                self.fresh_join = true;
-                                ev.push(CoreEvent::RejoinFresh);
+                                // The rejection is sequenced after every op
+                                // applied before it, and we have transformed
+                                // our op through each of them as they came:
+                                // it is already rebased onto our version.
+                                // Resubmit it with a new cseq from there.
+                                self.buffer = ot::compose(&i.op, &std::mem::take(&mut self.buffer));
+                                ev.push(CoreEvent::Resubmitted { stale_cseq: i.cseq });
+                                self.flush();
                             }
                         }
                         _ => {
@@ -388,5 +397,71 @@ impl ClientCore {
         ot::apply_rope(&mut local, &self.buffer).expect("merged op fits the server text");
         self.local = local;
         self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_way_merge_keeps_both_sides_edits_in_place() {
+        let base = "hello world";
+        let ours = "hello brave world";
+        let theirs = "HELLO world!";
+        let op = three_way(base, ours, theirs);
+        assert_eq!(ot::apply(theirs, &op).unwrap(), "HELLO brave world!");
+        // Their deletion of our surroundings keeps our insert.
+        let op = three_way("abc def", "abc XY def", "def");
+        assert_eq!(ot::apply("def", &op).unwrap(), "XY def");
+    }
+
+    #[test]
+    fn stale_base_resubmits_rebased_edits_with_a_new_cseq() {
+        let mut c = ClientCore::new("me");
+        c.on_message(ServerMsg::Snapshot {
+            seq: 10,
+            text: "abc".into(),
+        });
+        c.on_message(ServerMsg::Ready { seq: 10 });
+        c.edit(Op::splice(3, 0, "!")).unwrap();
+        let sent = c.take_outbox();
+        assert!(matches!(
+            &sent[..],
+            [ClientMsg::Op {
+                cseq: 1,
+                base: 10,
+                ..
+            }]
+        ));
+        // Someone else's op lands first, then ours is refused as stale.
+        c.on_message(ServerMsg::Applied {
+            seq: 12,
+            prev: 10,
+            client: "other".into(),
+            cseq: 1,
+            user: "u".into(),
+            ts: 0,
+            op: Op::splice(0, 0, ">"),
+        });
+        let ev = c.on_message(ServerMsg::Error {
+            code: ErrorCode::StaleBase,
+            message: "old".into(),
+            client: Some("me".into()),
+            cseq: Some(1),
+            retry_after_ms: None,
+        });
+        assert!(ev.contains(&CoreEvent::Resubmitted { stale_cseq: 1 }));
+        let sent = c.take_outbox();
+        match &sent[..] {
+            [ClientMsg::Op {
+                cseq: 2,
+                base: 12,
+                op,
+                ..
+            }] => assert_eq!(op, &Op::splice(4, 0, "!")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.text(), ">abc!");
     }
 }

@@ -184,7 +184,7 @@ impl Client {
         let mut retry = None;
         for e in &events {
             match e {
-                CoreEvent::Gap { .. } | CoreEvent::RejoinFresh => rejoin = true,
+                CoreEvent::Gap { .. } => rejoin = true,
                 CoreEvent::Error {
                     code: ErrorCode::RateLimited | ErrorCode::Overloaded,
                     cseq: Some(c),
