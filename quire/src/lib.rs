@@ -56,12 +56,16 @@ impl ServeConfig {
     }
 }
 
-/// Runs every role until `shutdown`, serving on `listener`.
-pub async fn run(
-    config: ServeConfig,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// The log and store every role shares.
+#[derive(Clone)]
+pub struct Backends {
+    pub log: Arc<dyn OpLog>,
+    pub store: Arc<dyn Store>,
+    pub topics: Topics,
+}
+
+/// Opens the embedded log and store under `config.data` (creating topics).
+pub fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
     config.validate()?;
     let topics = Topics::with_prefix(&config.topic_prefix);
     let log: Arc<dyn OpLog> = Arc::new(
@@ -80,6 +84,17 @@ pub async fn run(
             format!("opening the embedded store under {}", config.data.display())
         })?,
     );
+    Ok(Backends { log, store, topics })
+}
+
+/// Runs every role until `shutdown`, serving on `listener`.
+pub async fn run(
+    config: ServeConfig,
+    backends: Backends,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Backends { log, store, topics } = backends;
     let registry = Registry::new();
 
     let fanout = Fanout::new(

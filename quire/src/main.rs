@@ -156,6 +156,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    // Open storage before listening: a second server on the same data
+    // folder fails here, before it claims to be up.
+    let backends = quire::open_backends(&config)?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("binding {}", config.addr))?;
@@ -175,7 +178,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         s.cancel();
     });
-    quire::run(config, listener, shutdown).await
+    quire::run(config, backends, listener, shutdown).await
 }
 
 async fn wait_for_signal() {
