@@ -102,6 +102,19 @@ struct Hub {
     waiters: HashMap<WaitKey, Vec<oneshot::Sender<OutRecord>>>,
 }
 
+impl Hub {
+    /// Answers the HTTP submissions waiting for this op's outcome.
+    fn resolve(&mut self, out: OutRecord) {
+        let key = match &out {
+            OutRecord::Applied(a) => (a.client.clone(), a.cseq),
+            OutRecord::Rejected(r) => (r.client.clone(), r.cseq),
+        };
+        for w in self.waiters.remove(&key).unwrap_or_default() {
+            let _ = w.send(out.clone());
+        }
+    }
+}
+
 struct Part {
     /// Next applied offset to consume; documents reflect everything below.
     pos: Offset,
@@ -578,12 +591,7 @@ impl Fanout {
                 false
             }
         });
-        if let Some(ws) = hub.waiters.remove(&(a.client.clone(), a.cseq)) {
-            let out = OutRecord::Applied(a);
-            for w in ws {
-                let _ = w.send(out.clone());
-            }
-        }
+        hub.resolve(OutRecord::Applied(a));
     }
 
     fn reject(&self, hub: &mut Hub, r: RejectedRecord) {
@@ -592,12 +600,7 @@ impl Fanout {
         for s in hub.subs.iter().filter(|s| s.client == r.client) {
             let _ = s.tx.try_send(f.clone());
         }
-        if let Some(ws) = hub.waiters.remove(&(r.client.clone(), r.cseq)) {
-            let out = OutRecord::Rejected(r);
-            for w in ws {
-                let _ = w.send(out.clone());
-            }
-        }
+        hub.resolve(OutRecord::Rejected(r));
     }
 
     /// Drops a waiter that gave up (HTTP timeout or disconnect).

@@ -88,23 +88,30 @@ pub fn router(gw: Gateway) -> Router {
 }
 
 pub(crate) fn error_response(e: &ProtoError) -> Response {
-    let status =
-        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        Json(serde_json::to_value(ServerMsg::error(e)).expect("serialises")),
-    )
-        .into_response()
+    error_body(e, ServerMsg::error(e))
 }
 
+/// An op's refusal (the body names the op).
 fn op_error_response(e: &ProtoError, client: &str, cseq: u64) -> Response {
+    error_body(e, ServerMsg::op_error(e, client, cseq))
+}
+
+/// The status for the code; RATE_LIMITED and OVERLOADED also get `Retry-After`.
+fn error_body(e: &ProtoError, msg: ServerMsg) -> Response {
     let status =
         StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        Json(serde_json::to_value(ServerMsg::op_error(e, client, cseq)).expect("serialises")),
-    )
-        .into_response()
+    let retry = match &msg {
+        ServerMsg::Error {
+            retry_after_ms: Some(ms),
+            ..
+        } => Some(ms.div_ceil(1000).max(1)),
+        _ => None,
+    };
+    let mut resp = (status, Json(serde_json::to_value(msg).expect("serialises"))).into_response();
+    if let Some(secs) = retry {
+        resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
+    }
+    resp
 }
 
 pub(crate) fn fanout_error(e: FanoutError) -> ProtoError {
@@ -157,6 +164,16 @@ impl Gateway {
             .with_label_values(&[e.code.as_str()])
             .inc();
     }
+
+    /// The error as an HTTP response, counted in the metrics.
+    fn refuse(&self, e: &ProtoError) -> Response {
+        self.count(e);
+        error_response(e)
+    }
+
+    fn respond(&self, result: Result<Response, ProtoError>) -> Response {
+        result.unwrap_or_else(|e| self.refuse(&e))
+    }
 }
 
 fn parse_u64(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ProtoError> {
@@ -184,10 +201,7 @@ async fn get_doc(
         Ok::<_, ProtoError>(Json(json!({ "doc": doc, "seq": seq, "text": text })).into_response())
     }
     .await;
-    result.unwrap_or_else(|e| {
-        gw.count(&e);
-        error_response(&e)
-    })
+    gw.respond(result)
 }
 
 async fn get_ops(
@@ -222,10 +236,7 @@ async fn get_ops(
         Ok::<_, ProtoError>(Json(json!({ "ops": ops, "next": next })).into_response())
     }
     .await;
-    result.unwrap_or_else(|e| {
-        gw.count(&e);
-        error_response(&e)
-    })
+    gw.respond(result)
 }
 
 #[derive(Deserialize)]
@@ -245,18 +256,14 @@ async fn post_op(
 ) -> Response {
     let who = match gw.admit(&doc, &headers, &query) {
         Ok(w) => w,
-        Err(e) => {
-            gw.count(&e);
-            return error_response(&e);
-        }
+        Err(e) => return gw.refuse(&e),
     };
     if body.len() > gw.ingest.limits().max_frame_bytes {
         let e = ProtoError::new(
             ErrorCode::TooLarge,
             format!("body is over {} bytes", gw.ingest.limits().max_frame_bytes),
         );
-        gw.count(&e);
-        return error_response(&e);
+        return gw.refuse(&e);
     }
     let req: PostOp = match serde_json::from_slice(&body)
         .map_err(|e| ProtoError::new(ErrorCode::BadMessage, format!("unreadable op: {e}")))
@@ -268,23 +275,15 @@ async fn post_op(
             Ok(r)
         }) {
         Ok(r) => r,
-        Err(e) => {
-            gw.count(&e);
-            return error_response(&e);
-        }
-    };
-    let Ok(_permit) = gw.pending_posts.clone().try_acquire_owned() else {
-        let e = overloaded("pending submissions");
-        gw.count(&e);
-        let mut resp = op_error_response(&e, &req.client, req.cseq);
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, "1".parse().expect("static"));
-        return resp;
+        Err(e) => return gw.refuse(&e),
     };
     let (client, cseq) = (req.client.clone(), req.cseq);
     let fail = |e: ProtoError| {
         gw.count(&e);
         op_error_response(&e, &client, cseq)
+    };
+    let Ok(_permit) = gw.pending_posts.clone().try_acquire_owned() else {
+        return fail(overloaded("pending submissions"));
     };
     if let Err(e) = who.check_write() {
         return fail(e);
@@ -311,13 +310,10 @@ async fn post_op(
             gw.fanout.forget_waiter(&doc, &client, cseq).await;
             // The op is in the log and will be applied (or refused); a
             // resend with the same cseq answers with its record.
-            let mut resp = fail(ProtoError::new(
+            fail(ProtoError::new(
                 ErrorCode::Overloaded,
                 "the op is queued but not applied yet; resend the same (client, cseq) to learn its outcome",
-            ));
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, "1".parse().expect("static"));
-            resp
+            ))
         }
     }
 }

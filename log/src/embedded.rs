@@ -200,6 +200,21 @@ impl EmbeddedLog {
         rx.await.map_err(|_| LogError::Closed)?
     }
 
+    /// Queues a request for the writer (waiting while the queue is full);
+    /// the receiver yields its outcome after the commit.
+    async fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteReq,
+    ) -> Result<oneshot::Receiver<Result<T>>> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(make(reply))
+            .await
+            .map_err(|_| LogError::Closed)?;
+        Ok(rx)
+    }
+
     async fn enqueue(
         &self,
         topic: &str,
@@ -209,20 +224,15 @@ impl EmbeddedLog {
         records: Vec<(String, Vec<u8>)>,
     ) -> Result<oneshot::Receiver<Result<Offset>>> {
         self.part(topic, partition)?;
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(WriteReq::Append {
-                topic: topic.into(),
-                partition,
-                producer: producer.into(),
-                first_seq,
-                records,
-                reply,
-            })
-            .await
-            .map_err(|_| LogError::Closed)?;
-        Ok(rx)
+        self.send(|reply| WriteReq::Append {
+            topic: topic.into(),
+            partition,
+            producer: producer.into(),
+            first_seq,
+            records,
+            reply,
+        })
+        .await
     }
 
     async fn produce_partition(
@@ -391,18 +401,15 @@ impl OpLog for EmbeddedLog {
         next: Offset,
     ) -> Result<()> {
         self.part(topic, partition)?;
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(WriteReq::Commit {
+        let rx = self
+            .send(|reply| WriteReq::Commit {
                 group: group.into(),
                 topic: topic.into(),
                 partition,
                 next,
                 reply,
             })
-            .await
-            .map_err(|_| LogError::Closed)?;
+            .await?;
         rx.await.map_err(|_| LogError::Closed)?
     }
 
@@ -427,17 +434,14 @@ impl OpLog for EmbeddedLog {
         before: Offset,
     ) -> Result<Offset> {
         self.part(topic, partition)?;
-        let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(WriteReq::Delete {
+        let rx = self
+            .send(|reply| WriteReq::Delete {
                 topic: topic.into(),
                 partition,
                 before,
                 reply,
             })
-            .await
-            .map_err(|_| LogError::Closed)?;
+            .await?;
         rx.await.map_err(|_| LogError::Closed)?
     }
 
