@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -64,13 +65,22 @@ pub(crate) fn overloaded(what: &str) -> ProtoError {
     )
 }
 
+/// Frames and bodies are read up to this many times the configured limit,
+/// so that oversized input gets a TOO_LARGE answer rather than a cut
+/// connection; beyond it the transport gives up.
+pub const HARD_LIMIT_FACTOR: usize = 16;
+
 /// Maximum page of `GET …/ops`.
 pub const MAX_PAGE: usize = 2000;
 
 pub fn router(gw: Gateway) -> Router {
-    // Bodies up to 4x the limit are read so the answer can be a clean
-    // TOO_LARGE; beyond that hyper cuts the request off.
-    let hard_limit = gw.ingest.limits().max_frame_bytes * 4;
+    // Bodies up to HARD_LIMIT_FACTOR x the limit are read so the answer can
+    // say how large is too large; past that reading stops (still TOO_LARGE).
+    let hard_limit = gw
+        .ingest
+        .limits()
+        .max_frame_bytes
+        .saturating_mul(HARD_LIMIT_FACTOR);
     Router::new()
         .route("/", get(editor_page))
         .route("/d/{doc}", get(editor_page))
@@ -252,19 +262,25 @@ async fn post_op(
     Path(doc): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let who = match gw.admit(&doc, &headers, &query) {
         Ok(w) => w,
         Err(e) => return gw.refuse(&e),
     };
-    if body.len() > gw.ingest.limits().max_frame_bytes {
-        let e = ProtoError::new(
-            ErrorCode::TooLarge,
-            format!("body is over {} bytes", gw.ingest.limits().max_frame_bytes),
-        );
-        return gw.refuse(&e);
-    }
+    let max = gw.ingest.limits().max_frame_bytes;
+    let too_large = || ProtoError::new(ErrorCode::TooLarge, format!("body is over {max} bytes"));
+    let body = match body {
+        Ok(b) if b.len() <= max => b,
+        Ok(_) => return gw.refuse(&too_large()),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => return gw.refuse(&too_large()),
+        Err(r) => {
+            return gw.refuse(&ProtoError::new(
+                ErrorCode::BadMessage,
+                format!("unreadable body: {r}"),
+            ))
+        }
+    };
     let req: PostOp = match serde_json::from_slice(&body)
         .map_err(|e| ProtoError::new(ErrorCode::BadMessage, format!("unreadable op: {e}")))
         .and_then(|r: PostOp| {
@@ -350,6 +366,6 @@ async fn editor_page() -> Html<&'static str> {
 
 /// Used by the WebSocket handler to refuse before upgrading is impossible.
 pub(crate) fn ws_upgrade_limits(ws: WebSocketUpgrade, max_frame: usize) -> WebSocketUpgrade {
-    ws.max_message_size(max_frame * 4)
-        .max_frame_size(max_frame * 4)
+    let hard = max_frame.saturating_mul(HARD_LIMIT_FACTOR);
+    ws.max_message_size(hard).max_frame_size(hard)
 }

@@ -320,6 +320,14 @@ async fn bad_http_requests_get_codes_and_statuses() {
             "BAD_MESSAGE",
         ),
         ("GET", "/v1/nothing/here", String::new(), 404, "NOT_FOUND"),
+        // Far past the limit: still a coded answer.
+        (
+            "POST",
+            "/v1/docs/h/ops",
+            "x".repeat(200_000),
+            413,
+            "TOO_LARGE",
+        ),
     ];
     for (method, path, body, status, code) in &cases {
         let (got, json) = http(&server.addr, method, path, Some(body), None);
