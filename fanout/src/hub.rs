@@ -97,6 +97,8 @@ struct Sub {
 type WaitKey = (String, u64);
 
 struct Hub {
+    /// Its state no longer follows the applied stream: drop and reload.
+    broken: bool,
     state: DocState,
     subs: Vec<Sub>,
     waiters: HashMap<WaitKey, Vec<oneshot::Sender<OutRecord>>>,
@@ -206,8 +208,13 @@ impl Fanout {
     async fn hub<'a>(&self, part: &'a mut Part, doc: &str) -> Result<&'a mut Hub, FanoutError> {
         if !part.docs.contains_key(doc) {
             if part.docs.len() >= self.inner.config.max_idle_docs {
+                let before = part.docs.len();
                 part.docs
                     .retain(|_, h| !h.subs.is_empty() || !h.waiters.is_empty());
+                self.inner
+                    .metrics
+                    .docs
+                    .sub((before - part.docs.len()) as i64);
             }
             let state = load(self.sources(), doc, Some(part.pos), None).await?;
             part.docs.insert(
@@ -216,15 +223,12 @@ impl Fanout {
                     state,
                     subs: Vec::new(),
                     waiters: HashMap::new(),
+                    broken: false,
                 },
             );
-            self.inner.metrics.docs.set(self.loaded_hint(part));
+            self.inner.metrics.docs.inc();
         }
         Ok(part.docs.get_mut(doc).expect("inserted above"))
-    }
-
-    fn loaded_hint(&self, part: &Part) -> i64 {
-        part.docs.len() as i64
     }
 
     /// Subscribes a client (SPEC §5 join): with a usable `since`, the applied
@@ -465,6 +469,7 @@ impl Fanout {
                         "fanout fell behind truncation"
                     );
                     for (_, hub) in part.docs.drain() {
+                        self.inner.metrics.docs.dec();
                         self.kick_all(hub.subs);
                     }
                     part.pos = log_start;
@@ -495,11 +500,12 @@ impl Fanout {
             let docs = &mut part.docs;
             let broken: Vec<String> = docs
                 .iter()
-                .filter(|(_, h)| h.state.doc.is_empty())
+                .filter(|(_, h)| h.broken)
                 .map(|(k, _)| k.clone())
                 .collect();
             for d in broken {
                 if let Some(hub) = docs.remove(&d) {
+                    self.inner.metrics.docs.dec();
                     self.kick_all(hub.subs);
                 }
             }
@@ -565,10 +571,10 @@ impl Fanout {
             return; // loaded from the log already
         }
         if let Err(e) = hub.state.apply_record(&a) {
-            // Broken invariant: drop the document (marked by an empty name)
-            // so it is reloaded, and cut its subscribers off.
+            // Broken invariant: drop the document so it is reloaded, and
+            // cut its subscribers off (they re-join and catch up).
             tracing::error!(error = %e, "applied stream does not follow the document; reloading it");
-            hub.state.doc.clear();
+            hub.broken = true;
             return;
         }
         let f = frame(&ServerMsg::applied(&a));
