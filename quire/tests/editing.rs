@@ -229,8 +229,13 @@ async fn time_travel_and_history_paging() {
     }
     let want: Vec<u64> = expected[1..].iter().map(|e| e.0).collect();
     assert_eq!(got, want);
-    let (status, _) = server.get("/v1/docs/tt/ops?limit=2001");
-    assert_eq!(status, 400);
+    // Pages are capped at 2000; a larger limit is a full page, 0 is refused.
+    let (status, page) = server.get("/v1/docs/tt/ops?limit=5000");
+    assert_eq!(
+        (status, page["ops"].as_array().map(Vec::len)),
+        (200, Some(12))
+    );
+    assert_eq!(server.get("/v1/docs/tt/ops?limit=0").0, 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
