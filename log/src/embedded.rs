@@ -464,6 +464,17 @@ enum Effect {
 /// text when the commit failed).
 type Reply = Box<dyn FnOnce(Option<&str>)>;
 
+/// The answer to send after the commit: `outcome` if it succeeded (a
+/// request-level refusal stands either way), a storage error if not.
+fn after_commit<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, outcome: Result<T>) -> Reply {
+    Box::new(move |err| {
+        let _ = reply.send(match (outcome, err) {
+            (Ok(_), Some(e)) => Err(LogError::Storage(e.into())),
+            (outcome, _) => outcome,
+        });
+    })
+}
+
 /// The writer thread: group commit of everything queued.
 // redb::Error is large, but it is built at most once per transaction.
 #[allow(clippy::result_large_err)]
@@ -529,12 +540,7 @@ fn writer(
                             };
                             match outcome {
                                 Ok(Some(dup_offset)) => {
-                                    replies.push(Box::new(move |err| {
-                                        let _ = reply.send(match err {
-                                            None => Ok(dup_offset),
-                                            Some(e) => Err(LogError::Storage(e.into())),
-                                        });
-                                    }));
+                                    replies.push(after_commit(reply, Ok(dup_offset)))
                                 }
                                 Ok(None) => {
                                     for (i, (k, v)) in recs.iter().enumerate() {
@@ -550,18 +556,9 @@ fn writer(
                                     )?;
                                     offsets.insert(key, (next + n, start));
                                     effects.push(Effect::Appended(topic, partition, next + n));
-                                    replies.push(Box::new(move |err| {
-                                        let _ = reply.send(match err {
-                                            None => Ok(next),
-                                            Some(e) => Err(LogError::Storage(e.into())),
-                                        });
-                                    }));
+                                    replies.push(after_commit(reply, Ok(next)));
                                 }
-                                Err(e) => {
-                                    replies.push(Box::new(move |_| {
-                                        let _ = reply.send(Err(e));
-                                    }));
-                                }
+                                Err(e) => replies.push(after_commit(reply, Err(e))),
                             }
                         }
                         WriteReq::Commit {
@@ -572,12 +569,7 @@ fn writer(
                             reply,
                         } => {
                             groups.insert((group.as_str(), topic.as_str(), partition), next)?;
-                            replies.push(Box::new(move |err| {
-                                let _ = reply.send(match err {
-                                    None => Ok(()),
-                                    Some(e) => Err(LogError::Storage(e.into())),
-                                });
-                            }));
+                            replies.push(after_commit(reply, Ok(())));
                         }
                         WriteReq::Delete {
                             topic,
@@ -598,12 +590,7 @@ fn writer(
                                 offsets.insert(key, (next, new_start));
                                 effects.push(Effect::Started(topic, partition, new_start));
                             }
-                            replies.push(Box::new(move |err| {
-                                let _ = reply.send(match err {
-                                    None => Ok(new_start),
-                                    Some(e) => Err(LogError::Storage(e.into())),
-                                });
-                            }));
+                            replies.push(after_commit(reply, Ok(new_start)));
                         }
                     }
                 }
