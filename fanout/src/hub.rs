@@ -32,7 +32,7 @@ impl Default for FanoutConfig {
             topics: Topics::default(),
             window: WindowPolicy::default(),
             subscriber_queue: protocol::Limits::default().subscriber_queue,
-            max_idle_docs: 1024,
+            max_idle_docs: 256,
         }
     }
 }

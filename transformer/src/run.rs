@@ -28,7 +28,7 @@ impl Default for TransformerConfig {
             topics: Topics::default(),
             core: CoreConfig::default(),
             batch: 500,
-            max_docs: 4096,
+            max_docs: 1024,
         }
     }
 }
