@@ -42,6 +42,9 @@ pub enum CoreEvent {
         cseq: Option<u64>,
         retry_after_ms: Option<u64>,
     },
+    /// An applied op did not fit our copy of the text: re-join (the next
+    /// `hello` asks for a snapshot); pending edits are merged onto it.
+    Desync { reason: String },
     /// The applied stream skipped a version: reconnect with `since`.
     Gap { expected_prev: u64, got_prev: u64 },
     /// The in-flight op `stale_cseq` was refused with STALE_BASE; its edits
@@ -64,6 +67,8 @@ pub struct ClientCore {
     buffer: Op,
     live: bool,
     rebase: Option<Rebase>,
+    /// The next join asks for a snapshot (no `since`).
+    fresh: bool,
     outbox: Vec<ClientMsg>,
 }
 
@@ -120,6 +125,7 @@ impl ClientCore {
             buffer: Op::noop(),
             live: false,
             rebase: None,
+            fresh: false,
             outbox: Vec::new(),
         }
     }
@@ -165,7 +171,7 @@ impl ClientCore {
         self.outbox.clear();
         ClientMsg::Hello {
             client: self.client_id.clone(),
-            since: Some(self.version),
+            since: (!self.fresh).then_some(self.version),
         }
     }
 
@@ -230,6 +236,7 @@ impl ClientCore {
                         buffer: std::mem::take(&mut self.buffer),
                     });
                 }
+                self.fresh = false;
                 self.server = Rope::from_str(&text);
                 self.version = seq;
                 if self.rebase.is_none() {
@@ -265,7 +272,15 @@ impl ClientCore {
                 }
                 let own = client == self.client_id
                     && self.inflight.as_ref().is_some_and(|i| i.cseq == cseq);
-                ot::apply_rope(&mut self.server, &op).expect("applied ops fit the server text");
+                if let Err(e) = ot::apply_rope(&mut self.server, &op) {
+                    // Our copy of the server text is wrong: keep our edits,
+                    // re-join for a fresh snapshot and merge them onto it.
+                    self.desync();
+                    ev.push(CoreEvent::Desync {
+                        reason: e.to_string(),
+                    });
+                    return ev;
+                }
                 self.version = seq;
                 ev.push(CoreEvent::Applied { seq, prev, own });
                 if own {
@@ -369,6 +384,19 @@ impl ClientCore {
         ev
     }
 
+    fn desync(&mut self) {
+        let pending = self.inflight.is_some() || !self.buffer.is_noop();
+        if pending && self.rebase.is_none() {
+            self.rebase = Some(Rebase {
+                old_server: self.server.to_string(),
+                inflight: self.inflight.as_ref().map(|i| i.op.clone()),
+                buffer: std::mem::take(&mut self.buffer),
+            });
+        }
+        self.fresh = true;
+        self.live = false;
+    }
+
     /// Resend the in-flight op (after RATE_LIMITED / OVERLOADED).
     pub fn resend(&mut self) {
         if self.live {
@@ -463,5 +491,69 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(c.text(), ">abc!");
+    }
+}
+
+#[cfg(test)]
+mod desync_tests {
+    use super::*;
+
+    #[test]
+    fn an_op_that_does_not_fit_triggers_a_fresh_join_and_keeps_edits() {
+        let mut c = ClientCore::new("me");
+        c.on_message(ServerMsg::Snapshot {
+            seq: 1,
+            text: "ab".into(),
+        });
+        c.on_message(ServerMsg::Ready { seq: 1 });
+        c.edit(Op::splice(2, 0, "!")).unwrap();
+        let bad = ServerMsg::Applied {
+            seq: 2,
+            prev: 1,
+            client: "other".into(),
+            cseq: 1,
+            user: "u".into(),
+            ts: 0,
+            op: Op::splice(9, 1, ""),
+        };
+        let ev = c.on_message(bad);
+        assert!(
+            matches!(ev.as_slice(), [CoreEvent::Desync { .. }]),
+            "{ev:?}"
+        );
+        assert_eq!(
+            c.hello(),
+            ClientMsg::Hello {
+                client: "me".into(),
+                since: None
+            }
+        );
+        // Fresh state from the server; our in-flight op turns out unapplied.
+        c.on_message(ServerMsg::Snapshot {
+            seq: 5,
+            text: "xab".into(),
+        });
+        c.on_message(ServerMsg::Ready { seq: 5 });
+        let resent = c.take_outbox();
+        assert!(
+            matches!(&resent[..], [ClientMsg::Op { cseq: 1, .. }]),
+            "{resent:?}"
+        );
+        c.on_message(ServerMsg::Error {
+            code: ErrorCode::StaleBase,
+            message: "old".into(),
+            client: Some("me".into()),
+            cseq: Some(1),
+            retry_after_ms: None,
+        });
+        assert_eq!(c.text(), "xab!");
+        assert!(matches!(
+            &c.take_outbox()[..],
+            [ClientMsg::Op {
+                cseq: 2,
+                base: 5,
+                ..
+            }]
+        ));
     }
 }

@@ -184,7 +184,7 @@ impl Client {
         let mut retry = None;
         for e in &events {
             match e {
-                CoreEvent::Gap { .. } => rejoin = true,
+                CoreEvent::Gap { .. } | CoreEvent::Desync { .. } => rejoin = true,
                 CoreEvent::Error {
                     code: ErrorCode::RateLimited | ErrorCode::Overloaded,
                     cseq: Some(c),

@@ -313,6 +313,7 @@ impl Sim {
                     cl.acked.push((cseq, seq))
                 }
                 CoreEvent::Gap { .. } => panic!("{}: gap", cl.core.client_id),
+                CoreEvent::Desync { reason } => panic!("{}: desync: {reason}", cl.core.client_id),
                 CoreEvent::Error { code, message, .. } => {
                     self.stats.stale += 1;
                     assert!(
