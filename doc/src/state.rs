@@ -187,3 +187,112 @@ fn delta(r: &AppliedRecord) -> i64 {
     let deleted: usize = r.del.iter().map(|d| d.chars().count()).sum();
     r.op.inserted_len() as i64 - deleted as i64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ot::Op;
+
+    fn rec(seq: u64, prev: u64, op: Op, del: &[&str], ts: i64) -> AppliedRecord {
+        AppliedRecord {
+            v: 1,
+            doc: "d".into(),
+            seq,
+            prev,
+            client: "c".into(),
+            cseq: seq,
+            base: prev,
+            user: "u".into(),
+            ts,
+            op,
+            del: del.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn window_lengths_and_trim() {
+        let mut s = DocState::empty("d");
+        s.apply_record(&rec(3, 0, Op::splice(0, 0, "hello"), &[], 0))
+            .unwrap();
+        s.apply_record(&rec(7, 3, Op::splice(0, 1, "J"), &["h"], 10))
+            .unwrap();
+        s.apply_record(&rec(9, 7, Op::splice(5, 0, "!!"), &[], 20))
+            .unwrap();
+        assert_eq!(s.text.to_string(), "Jello!!");
+        assert_eq!(
+            (
+                s.len_at(0),
+                s.len_at(3),
+                s.len_at(7),
+                s.len_at(8),
+                s.len_at(9)
+            ),
+            (Some(0), Some(5), Some(5), Some(5), Some(7))
+        );
+        assert_eq!(
+            s.ops_after(3).unwrap().map(|r| r.seq).collect::<Vec<_>>(),
+            [7, 9]
+        );
+        assert_eq!(
+            s.ops_after(8).unwrap().map(|r| r.seq).collect::<Vec<_>>(),
+            [9]
+        );
+        // A gap is refused and changes nothing.
+        assert!(matches!(
+            s.apply_record(&rec(12, 10, Op::splice(0, 0, "x"), &[], 30)),
+            Err(DocError::Gap { .. })
+        ));
+        // Trim keeps at least min_ops and at least min_age_ms of history.
+        s.trim(
+            WindowPolicy {
+                min_ops: 1,
+                min_age_ms: 15,
+            },
+            30,
+        );
+        assert_eq!(
+            s.floor, 7,
+            "ops 20ms and 30ms old go, the one 10ms old stays"
+        );
+        assert!(s.ops_after(6).is_none());
+        assert_eq!(s.len_at(7), Some(5));
+        s.trim(
+            WindowPolicy {
+                min_ops: 1,
+                min_age_ms: 0,
+            },
+            1000,
+        );
+        assert_eq!(s.window.len(), 1, "min_ops keeps one");
+        s.trim(
+            WindowPolicy {
+                min_ops: 0,
+                min_age_ms: 0,
+            },
+            30,
+        );
+        assert_eq!((s.floor, s.window.len()), (9, 0));
+        assert_eq!(s.len_at(9), Some(7));
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_prepended_history() {
+        let mut s = DocState::empty("d");
+        let r1 = rec(2, 0, Op::splice(0, 0, "ab"), &[], 0);
+        let r2 = rec(5, 2, Op::splice(1, 0, "X"), &[], 0);
+        s.apply_record(&r1).unwrap();
+        s.apply_record(&r2).unwrap();
+        let snap = s.snapshot();
+        let mut back = DocState::from_snapshot(&snap);
+        assert_eq!(
+            (back.version, back.text.to_string(), back.floor),
+            (5, "aXb".to_string(), 5)
+        );
+        assert!(back.ops_after(2).is_none());
+        back.prepend_history(vec![r1, r2]);
+        assert_eq!(back.floor, 0);
+        assert_eq!(back.len_at(2), Some(2));
+        assert_eq!(back.ops_after(0).unwrap().count(), 2);
+        assert_eq!(back.clients["c"].seq, 5);
+    }
+}
