@@ -42,10 +42,10 @@ struct ServeArgs {
     /// Allow running open (no secret) on a non-loopback address.
     #[arg(long, env = "QUIRE_INSECURE")]
     insecure: bool,
-    /// Kafka-compatible brokers. Not in this build yet: the embedded log is used.
+    /// Kafka-compatible brokers. Not available in this build yet: giving it is an error.
     #[arg(long, env = "QUIRE_KAFKA")]
     kafka: Option<String>,
-    /// ScyllaDB nodes. Not in this build yet: the embedded store is used.
+    /// ScyllaDB nodes. Not available in this build yet: giving it is an error.
     #[arg(long, env = "QUIRE_SCYLLA")]
     scylla: Option<String>,
     /// Partitions of the ops and applied topics (fixed once created).
