@@ -275,7 +275,31 @@ impl Fanout {
     }
 
     /// The binding and duplicate checks done before anything else about an
-    /// op (SPEC §7): `Ok(Some(seq))` when `(client, cseq)` was applied.
+    /// op (SPEC §7): `Ok(Some(record))` when `(client, cseq)` was applied.
+    async fn find_dup(
+        &self,
+        state: &DocState,
+        client: &str,
+        cseq: u64,
+        user: &str,
+    ) -> Result<Option<AppliedRecord>, FanoutError> {
+        match dedup_check(state, client, cseq, user)? {
+            Dedup::New => Ok(None),
+            Dedup::Applied(r) => Ok(Some(r.clone())),
+            Dedup::Forgotten { seq } => match self.find_in_store(&state.doc, client, cseq, seq).await? {
+                Some(r) => Ok(Some(r)),
+                // Below the client's latest cseq but never applied (cseqs
+                // may skip): it can never be applied now.
+                None => Err(ProtoError::new(
+                    ErrorCode::Protocol,
+                    format!("cseq {cseq} of {client} is below its latest op and was never applied; use a new cseq"),
+                )
+                .into()),
+            },
+        }
+    }
+
+    /// [`Self::find_dup`] for WebSocket ops: `Ok(Some(seq))` when applied.
     pub async fn check_op(
         &self,
         doc: &str,
@@ -285,15 +309,10 @@ impl Fanout {
     ) -> Result<Option<u64>, FanoutError> {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
         let hub = self.hub(&mut part, doc).await?;
-        match dedup_check(&hub.state, client, cseq, user)? {
-            Dedup::New => Ok(None),
-            Dedup::Applied(r) => Ok(Some(r.seq)),
-            Dedup::Forgotten { seq: Some(seq) } => Ok(Some(seq)),
-            Dedup::Forgotten { seq: None } => Ok(self
-                .find_in_store(doc, client, cseq, None)
-                .await?
-                .map(|r| r.seq)),
-        }
+        Ok(self
+            .find_dup(&hub.state, client, cseq, user)
+            .await?
+            .map(|r| r.seq))
     }
 
     /// Registers for the outcome of `(client, cseq)`, after the binding and
@@ -307,23 +326,8 @@ impl Fanout {
     ) -> Result<Waited, FanoutError> {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
         let hub = self.hub(&mut part, doc).await?;
-        let found = match dedup_check(&hub.state, client, cseq, user)? {
-            Dedup::New => None,
-            Dedup::Applied(r) => Some(Some(r.clone())),
-            Dedup::Forgotten { seq } => Some(self.find_in_store(doc, client, cseq, seq).await?),
-        };
-        match found {
-            None => {}
-            Some(Some(r)) => return Ok(Waited::AlreadyApplied(Box::new(r))),
-            Some(None) => {
-                return Err(ProtoError::new(
-                    ErrorCode::Protocol,
-                    format!(
-                        "cseq {cseq} of {client} was used before and its record is no longer kept"
-                    ),
-                )
-                .into())
-            }
+        if let Some(r) = self.find_dup(&hub.state, client, cseq, user).await? {
+            return Ok(Waited::AlreadyApplied(Box::new(r)));
         }
         let (tx, rx) = oneshot::channel();
         hub.waiters
