@@ -18,6 +18,7 @@ use quire_log::{LogError, Offset, OpLog, Partition};
 use store::{Store, StoreError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Records each presence partition keeps after truncation.
 const PRESENCE_RETAIN: u64 = 1000;
@@ -115,7 +116,9 @@ pub async fn run(
             docs: HashMap::new(),
         };
         let shutdown = shutdown.clone();
-        tasks.spawn(async move {
+        let span = tracing::info_span!("compactor", partition = p);
+        tasks.spawn(
+            async move {
             loop {
                 match w.run(&shutdown).await {
                     Ok(()) => return,
@@ -129,7 +132,9 @@ pub async fn run(
                     }
                 }
             }
-        });
+        }
+            .instrument(span),
+        );
     }
     while tasks.join_next().await.is_some() {}
     Ok(())

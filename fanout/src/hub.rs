@@ -14,6 +14,7 @@ use store::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 #[derive(Debug, Clone)]
 pub struct FanoutConfig {
@@ -416,38 +417,31 @@ impl Fanout {
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut tasks = JoinSet::new();
         for p in 0..self.inner.parts.len() as Partition {
-            let (me, shutdown) = (self.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                loop {
-                    match me.relay_presence(p, &shutdown).await {
-                        Ok(()) => return,
-                        Err(e) => {
-                            tracing::warn!(partition = p, error = %e, "presence relay failed; restarting at the end of the topic");
-                            tokio::select! {
-                                _ = shutdown.cancelled() => return,
-                                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                            }
+            for presence in [false, true] {
+                let (me, shutdown) = (self.clone(), shutdown.clone());
+                let topic = if presence { "presence" } else { "applied" };
+                let span = tracing::info_span!("fanout", partition = p, topic);
+                let task = async move {
+                    // A failed loop backs off and starts again from its
+                    // position (applied) or the topic's end (presence).
+                    loop {
+                        let result = if presence {
+                            me.relay_presence(p, &shutdown).await
+                        } else {
+                            me.consume(p, &shutdown).await
+                        };
+                        match result {
+                            Ok(()) => return,
+                            Err(e) => tracing::error!(error = %e, "fanout loop failed; restarting"),
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                         }
                     }
-                }
-            });
-        }
-        for p in 0..self.inner.parts.len() as Partition {
-            let (me, shutdown) = (self.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                loop {
-                    match me.consume(p, &shutdown).await {
-                        Ok(()) => return,
-                        Err(e) => {
-                            tracing::error!(partition = p, error = %e, "fanout partition failed; restarting");
-                            tokio::select! {
-                                _ = shutdown.cancelled() => return,
-                                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                            }
-                        }
-                    }
-                }
-            });
+                };
+                tasks.spawn(task.instrument(span));
+            }
         }
         while tasks.join_next().await.is_some() {}
     }

@@ -11,6 +11,7 @@ use protocol::{
     now_ms, ClientMsg, ErrorCode, PresenceRecord, ProtoError, ServerMsg, RECORD_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::http::{fanout_error, ws_upgrade_limits, Gateway};
 use crate::ratelimit::TokenBucket;
@@ -28,22 +29,30 @@ pub(crate) async fn upgrade(
         return crate::http::error_response(&crate::http::overloaded("connections"));
     };
     let max = gw.ingest.limits().max_frame_bytes;
-    ws_upgrade_limits(ws, max).on_upgrade(move |socket| async move {
-        let _permit = permit;
-        let metrics = gw.ingest.metrics().connections.clone();
-        metrics.inc();
-        let limits = gw.ingest.limits().clone();
-        let conn = Conn {
-            gw,
-            doc,
-            socket,
-            joined: None,
-            ops: TokenBucket::new(limits.ops_per_sec, limits.ops_burst),
-            presence: TokenBucket::new(limits.presence_per_sec, limits.presence_per_sec * 2.0),
-            sent_presence: false,
-        };
-        conn.run(admitted).await;
-        metrics.dec();
+    let user = admitted
+        .as_ref()
+        .map(|p| p.user.clone())
+        .unwrap_or_default();
+    let span = tracing::info_span!("conn", %doc, %user);
+    ws_upgrade_limits(ws, max).on_upgrade(move |socket| {
+        async move {
+            let _permit = permit;
+            let metrics = gw.ingest.metrics().connections.clone();
+            metrics.inc();
+            let limits = gw.ingest.limits().clone();
+            let conn = Conn {
+                gw,
+                doc,
+                socket,
+                joined: None,
+                ops: TokenBucket::new(limits.ops_per_sec, limits.ops_burst),
+                presence: TokenBucket::new(limits.presence_per_sec, limits.presence_per_sec * 2.0),
+                sent_presence: false,
+            };
+            conn.run(admitted).await;
+            metrics.dec();
+        }
+        .instrument(span)
     })
 }
 

@@ -9,6 +9,7 @@ use quire_log::{LogError, Offset, OpLog, Partition};
 use store::Store;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{process, CoreConfig, Outcome};
 
@@ -119,7 +120,9 @@ pub async fn run(
             metrics.clone(),
             shutdown.clone(),
         );
-        tasks.spawn(async move {
+        let span = tracing::info_span!("transformer", partition = p);
+        tasks.spawn(
+            async move {
             let mut part = PartitionWorker { p, config, log, store, metrics, docs: HashMap::new() };
             // A failing partition backs off and starts again from the log;
             // it never skips a record.
@@ -136,7 +139,9 @@ pub async fn run(
                     }
                 }
             }
-        });
+        }
+            .instrument(span),
+        );
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
