@@ -6,6 +6,7 @@ use protocol::{ClientMsg, ErrorCode, ServerMsg};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -82,7 +83,9 @@ impl Client {
                     .map_err(|_| ClientError::BadServerMessage("token".into()))?,
             );
         }
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
+        // Small read buffer: tungstenite zero-fills it before every read.
+        let config = WebSocketConfig::default().read_buffer_size(8 << 10);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true).await?;
         self.ws = Some(ws);
         let hello = self.core.hello();
         self.send(&hello).await?;

@@ -70,6 +70,9 @@ pub(crate) fn overloaded(what: &str) -> ProtoError {
 /// connection; beyond it the transport gives up.
 pub const HARD_LIMIT_FACTOR: usize = 16;
 
+/// Bytes read from a WebSocket per read call.
+const READ_BUFFER: usize = 8 << 10;
+
 /// Maximum page of `GET …/ops`.
 pub const MAX_PAGE: usize = 2000;
 
@@ -370,5 +373,9 @@ async fn editor_page() -> Html<&'static str> {
 /// Used by the WebSocket handler to refuse before upgrading is impossible.
 pub(crate) fn ws_upgrade_limits(ws: WebSocketUpgrade, max_frame: usize) -> WebSocketUpgrade {
     let hard = max_frame.saturating_mul(HARD_LIMIT_FACTOR);
-    ws.max_message_size(hard).max_frame_size(hard)
+    // tungstenite zero-fills its read buffer before every read (128 KiB by
+    // default): with small frames that memset dominated the profile.
+    ws.max_message_size(hard)
+        .max_frame_size(hard)
+        .read_buffer_size(READ_BUFFER)
 }
