@@ -602,3 +602,68 @@ async fn connections_beyond_the_limit_are_refused_with_overloaded() {
     }
     assert!(ok, "a freed slot is usable again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn document_size_and_presence_rate_limits() {
+    let server = Server::start(&["--max-doc-bytes", "64", "--presence-per-sec", "0.1"]);
+    let mut c = Client::connect(&server.ws(), "cap", "c", None)
+        .await
+        .unwrap();
+    c.send(&ClientMsg::Op {
+        client: "c".into(),
+        cseq: 1,
+        base: 0,
+        op: Op::splice(0, 0, &"a".repeat(60)),
+    })
+    .await
+    .unwrap();
+    let v = match next_msg(&mut c).await {
+        ServerMsg::Applied { cseq: 1, seq, .. } => seq,
+        other => panic!("expected applied, got {other:?}"),
+    };
+    c.send(&ClientMsg::Op {
+        client: "c".into(),
+        cseq: 2,
+        base: v,
+        op: Op::splice(0, 0, "0123456789"),
+    })
+    .await
+    .unwrap();
+    match next_msg(&mut c).await {
+        ServerMsg::Error {
+            code: ErrorCode::TooLarge,
+            cseq: Some(2),
+            ..
+        } => {}
+        other => panic!("expected TOO_LARGE for the document limit, got {other:?}"),
+    }
+    let (_, doc) = server.get("/v1/docs/cap");
+    assert_eq!(doc["text"].as_str().unwrap().len(), 60, "nothing changed");
+    // Presence: a burst of 2 (twice the rate, at least 1 token), then refused.
+    let mut refused = None;
+    for _ in 0..5 {
+        c.send(&ClientMsg::Presence {
+            seq: v,
+            cursor: None,
+            meta: None,
+        })
+        .await
+        .unwrap();
+    }
+    c.send(&ClientMsg::Ping).await.unwrap();
+    loop {
+        match next_msg(&mut c).await {
+            ServerMsg::Error {
+                code: ErrorCode::RateLimited,
+                retry_after_ms,
+                ..
+            } => refused = retry_after_ms,
+            ServerMsg::Pong => break,
+            _ => {}
+        }
+    }
+    assert!(
+        refused.is_some_and(|ms| ms > 0),
+        "presence beyond the rate is RATE_LIMITED with retryAfterMs"
+    );
+}
