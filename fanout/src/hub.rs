@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use doc::{load, DocState, LoadError, Sources, Topics, WindowPolicy};
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use protocol::{
     decode_out_record, decode_presence_record, AppliedRecord, ErrorCode, OutRecord, ProtoError,
     RejectedRecord, ServerMsg,
@@ -56,6 +56,8 @@ pub struct Metrics {
     delivered: IntCounter,
     overloaded: IntCounter,
     docs: IntGauge,
+    /// Ingest's stamp to fanout's delivery: the pipeline's latency.
+    lag: Histogram,
 }
 
 impl Metrics {
@@ -72,6 +74,17 @@ impl Metrics {
         )
         .unwrap();
         let docs = IntGauge::new("quire_fanout_docs_loaded", "Documents held in memory").unwrap();
+        let lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "quire_fanout_pipeline_latency_seconds",
+                "From ingest stamping an op to fanout queueing it to subscribers",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0,
+            ]),
+        )
+        .unwrap();
+        let _ = registry.register(Box::new(lag.clone()));
         let _ = registry.register(Box::new(subscribers.clone()));
         let _ = registry.register(Box::new(delivered.clone()));
         let _ = registry.register(Box::new(overloaded.clone()));
@@ -81,6 +94,7 @@ impl Metrics {
             delivered,
             overloaded,
             docs,
+            lag,
         }
     }
 }
@@ -577,6 +591,10 @@ impl Fanout {
         }
         let f = frame(&ServerMsg::applied(&a));
         let metrics = &self.inner.metrics;
+        // Clocks of other hosts may be behind: never observe a negative.
+        metrics
+            .lag
+            .observe((protocol::now_ms() - a.ts).max(0) as f64 / 1000.0);
         hub.subs.retain_mut(|s| match s.tx.try_send(f.clone()) {
             Ok(()) => {
                 metrics.delivered.inc();
