@@ -67,6 +67,22 @@ impl EmbeddedStore {
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
 
+    /// One durable write transaction, on a blocking thread: its fsync must
+    /// not stall the async runtime's workers.
+    async fn write(
+        &self,
+        fill: impl FnOnce(&redb::WriteTransaction) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let w = db.begin_write().map_err(storage)?;
+            fill(&w)?;
+            w.commit().map_err(storage)
+        })
+        .await
+        .map_err(storage)?
+    }
+
     fn decode(doc: &str, seq: u64, bytes: &[u8]) -> Result<AppliedRecord> {
         match decode_out_record(bytes) {
             Ok(OutRecord::Applied(a)) => Ok(a),
@@ -90,15 +106,19 @@ impl Store for EmbeddedStore {
         if records.is_empty() {
             return Ok(());
         }
-        let w = self.db.begin_write().map_err(storage)?;
-        {
+        let rows: Vec<(String, u64, Vec<u8>)> = records
+            .iter()
+            .map(|r| (r.doc.clone(), r.seq, r.encode()))
+            .collect();
+        self.write(move |w| {
             let mut t = w.open_table(HISTORY).map_err(storage)?;
-            for r in records {
-                t.insert((r.doc.as_str(), r.seq), r.encode().as_slice())
+            for (doc, seq, bytes) in &rows {
+                t.insert((doc.as_str(), *seq), bytes.as_slice())
                     .map_err(storage)?;
             }
-        }
-        w.commit().map_err(storage)
+            Ok(())
+        })
+        .await
     }
 
     async fn history(&self, doc: &str, after: u64, limit: usize) -> Result<Vec<AppliedRecord>> {
@@ -143,13 +163,14 @@ impl Store for EmbeddedStore {
 
     async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
         let bytes = serde_json::to_vec(snapshot).map_err(storage)?;
-        let w = self.db.begin_write().map_err(storage)?;
-        {
+        let (doc, seq) = (snapshot.doc.clone(), snapshot.seq);
+        self.write(move |w| {
             let mut t = w.open_table(SNAPSHOTS).map_err(storage)?;
-            t.insert((snapshot.doc.as_str(), snapshot.seq), bytes.as_slice())
+            t.insert((doc.as_str(), seq), bytes.as_slice())
                 .map_err(storage)?;
-        }
-        w.commit().map_err(storage)
+            Ok(())
+        })
+        .await
     }
 
     async fn snapshot_at_or_before(&self, doc: &str, at: u64) -> Result<Option<Snapshot>> {
