@@ -125,11 +125,9 @@ fn apply_matches_naive_reference() {
         let doc = rand_text(r, 12);
         let op = rand_op(r, doc.chars().count());
         assert!(is_normal(&op));
-        assert_eq!(
-            apply(&doc, &op).unwrap(),
-            naive_apply(&doc, &op),
-            "{doc:?} {op:?}"
-        );
+        let out = apply(&doc, &op).unwrap();
+        assert_eq!(out, naive_apply(&doc, &op), "{doc:?} {op:?}");
+        assert_eq!(op.target_len(doc.chars().count()), out.chars().count());
     });
 }
 
