@@ -51,7 +51,7 @@ impl Gateway {
             fanout,
             registry,
             shutdown,
-            post_timeout: Duration::from_secs(30),
+            post_timeout: Duration::from_millis(limits.post_timeout_ms),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             pending_posts: Arc::new(Semaphore::new(limits.max_pending_posts)),
         }

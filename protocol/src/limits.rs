@@ -18,6 +18,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// `POST …/ops` requests waiting for their op at once.
     pub max_pending_posts: usize,
+    /// How long `POST …/ops` waits for its op to be applied, milliseconds.
+    pub post_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -32,6 +34,7 @@ impl Default for Limits {
             subscriber_queue: 1024,
             max_connections: 10_000,
             max_pending_posts: 1024,
+            post_timeout_ms: 30_000,
         }
     }
 }

@@ -81,6 +81,9 @@ struct ServeArgs {
     /// HTTP op submissions waiting to be applied at most.
     #[arg(long, env = "QUIRE_MAX_PENDING_POSTS", default_value_t = 1024)]
     max_pending_posts: usize,
+    /// Milliseconds an HTTP op submission waits to be applied (then 503).
+    #[arg(long, env = "QUIRE_POST_TIMEOUT_MS", default_value_t = 30_000)]
+    post_timeout_ms: u64,
     /// Ops a document keeps for transforming old bases (at least).
     #[arg(long, env = "QUIRE_WINDOW_OPS", default_value_t = 10_000)]
     window_ops: usize,
@@ -115,6 +118,7 @@ impl ServeArgs {
             subscriber_queue: self.subscriber_queue,
             max_connections: self.max_connections,
             max_pending_posts: self.max_pending_posts,
+            post_timeout_ms: self.post_timeout_ms,
         };
         let config = ServeConfig {
             addr: self.addr,
