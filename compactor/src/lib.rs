@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use doc::{
-    load, DocState, LoadError, Sources, Topics, WindowPolicy, COMPACTOR_GROUP, TRANSFORMER_GROUP,
+    load, DocCache, DocState, LoadError, Sources, Topics, WindowPolicy, COMPACTOR_GROUP,
+    TRANSFORMER_GROUP,
 };
 use prometheus::{IntCounter, Registry};
 use protocol::{decode_out_record, OutRecord};
@@ -113,7 +114,7 @@ pub async fn run(
             log: log.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
-            docs: HashMap::new(),
+            docs: DocCache::new(config.max_docs),
         };
         let shutdown = shutdown.clone();
         let span = tracing::info_span!("compactor", partition = p);
@@ -147,7 +148,7 @@ struct Worker {
     store: Arc<dyn Store>,
     metrics: Metrics,
     /// Documents with the count of ops since their last snapshot.
-    docs: HashMap<String, (DocState, u64)>,
+    docs: DocCache<(DocState, u64)>,
 }
 
 impl Worker {
@@ -202,11 +203,8 @@ impl Worker {
         // History first: a snapshot never refers to ops the archive lacks.
         self.store.put_history(&applied).await?;
         self.metrics.archived.inc_by(applied.len() as u64);
-        if self.docs.len() > self.config.max_docs {
-            self.docs.clear();
-        }
         for a in applied {
-            if !self.docs.contains_key(&a.doc) {
+            if !self.docs.contains(&a.doc) {
                 let sources = Sources {
                     log: self.log.as_ref(),
                     store: self.store.as_ref(),
@@ -214,7 +212,8 @@ impl Worker {
                     window: self.config.window,
                 };
                 let state = load(sources, &a.doc, Some(first_offset[&a.doc]), None).await?;
-                self.docs.insert(a.doc.clone(), (state, 0));
+                // An evicted document reloads from the history written above.
+                self.docs.insert(a.doc.clone(), (state, 0), |_, _| false);
             }
             let (state, since) = self.docs.get_mut(&a.doc).expect("loaded above");
             if a.seq <= state.version {

@@ -6,8 +6,10 @@
 //! then the archived history after it, then the applied topic after the
 //! compactor's position. State is a pure function of those records.
 
+mod cache;
 mod load;
 mod state;
 
+pub use cache::DocCache;
 pub use load::{load, LoadError, Sources, Topics, COMPACTOR_GROUP, TRANSFORMER_GROUP};
 pub use state::{DocError, DocState, WindowPolicy};

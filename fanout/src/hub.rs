@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use doc::{load, DocState, LoadError, Sources, Topics, WindowPolicy};
+use doc::{load, DocCache, DocState, LoadError, Sources, Topics, WindowPolicy};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use protocol::{
     decode_out_record, decode_presence_record, AppliedRecord, ErrorCode, OutRecord, ProtoError,
@@ -23,7 +23,8 @@ pub struct FanoutConfig {
     /// Outbound frames queued per subscriber; overflow cuts it off with
     /// `OVERLOADED` (it re-joins with `since` and misses nothing).
     pub subscriber_queue: usize,
-    /// Idle documents kept in memory per partition.
+    /// Documents kept in memory per partition; those with subscribers or
+    /// waiters are never evicted, so this bounds the idle ones.
     pub max_idle_docs: usize,
 }
 
@@ -135,7 +136,7 @@ impl Hub {
 struct Part {
     /// Next applied offset to consume; documents reflect everything below.
     pos: Offset,
-    docs: HashMap<String, Hub>,
+    docs: DocCache<Hub>,
 }
 
 struct Inner {
@@ -192,7 +193,7 @@ impl Fanout {
             let pos = log.high_watermark(&config.topics.applied, p).await?;
             parts.push(Mutex::new(Part {
                 pos,
-                docs: HashMap::new(),
+                docs: DocCache::new(config.max_idle_docs),
             }));
         }
         Ok(Fanout {
@@ -221,27 +222,19 @@ impl Fanout {
     }
 
     async fn hub<'a>(&self, part: &'a mut Part, doc: &str) -> Result<&'a mut Hub, FanoutError> {
-        if !part.docs.contains_key(doc) {
-            if part.docs.len() >= self.inner.config.max_idle_docs {
-                let before = part.docs.len();
-                part.docs
-                    .retain(|_, h| !h.subs.is_empty() || !h.waiters.is_empty());
-                self.inner
-                    .metrics
-                    .docs
-                    .sub((before - part.docs.len()) as i64);
-            }
+        if !part.docs.contains(doc) {
             let state = load(self.sources(), doc, Some(part.pos), None).await?;
-            part.docs.insert(
-                doc.to_owned(),
-                Hub {
-                    state,
-                    subs: Vec::new(),
-                    waiters: HashMap::new(),
-                    broken: false,
-                },
-            );
-            self.inner.metrics.docs.inc();
+            let hub = Hub {
+                state,
+                subs: Vec::new(),
+                waiters: HashMap::new(),
+                broken: false,
+            };
+            // Documents someone is subscribed to or waiting on stay.
+            let evicted = part.docs.insert(doc.to_owned(), hub, |_, h| {
+                !h.subs.is_empty() || !h.waiters.is_empty()
+            });
+            self.inner.metrics.docs.add(1 - evicted as i64);
         }
         Ok(part.docs.get_mut(doc).expect("inserted above"))
     }
@@ -280,7 +273,7 @@ impl Fanout {
     /// Unsubscribes. (The gateway produces the `leave` to the presence topic.)
     pub async fn leave(&self, doc: &str, id: u64) {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
-        let Some(hub) = part.docs.get_mut(doc) else {
+        let Some(hub) = part.docs.peek_mut(doc) else {
             return;
         };
         if let Some(i) = hub.subs.iter().position(|s| s.id == id) {
@@ -498,7 +491,7 @@ impl Fanout {
             }
             for rec in batch {
                 part.pos = rec.offset + 1;
-                let Some(hub) = part.docs.get_mut(&rec.key) else {
+                let Some(hub) = part.docs.peek_mut(&rec.key) else {
                     continue;
                 };
                 match decode_out_record(&rec.value) {
@@ -551,7 +544,7 @@ impl Fanout {
             pos = last.offset + 1;
             let mut part = self.inner.parts[p as usize].lock().await;
             for rec in batch {
-                let Some(hub) = part.docs.get_mut(&rec.key) else {
+                let Some(hub) = part.docs.peek_mut(&rec.key) else {
                     continue;
                 };
                 match decode_presence_record(&rec.value) {
@@ -628,7 +621,7 @@ impl Fanout {
     /// Drops a waiter that gave up (HTTP timeout or disconnect).
     pub async fn forget_waiter(&self, doc: &str, client: &str, cseq: u64) {
         let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
-        if let Some(hub) = part.docs.get_mut(doc) {
+        if let Some(hub) = part.docs.peek_mut(doc) {
             if let Some(ws) = hub.waiters.get_mut(&(client.to_owned(), cseq)) {
                 ws.retain(|w| !w.is_closed());
                 if ws.is_empty() {

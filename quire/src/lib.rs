@@ -32,6 +32,10 @@ pub struct ServeConfig {
     pub limits: Limits,
     pub window: WindowPolicy,
     pub snapshot_every: u64,
+    /// Documents the transformer and compactor cache per partition.
+    pub doc_cache: usize,
+    /// Documents fanout caches per partition beyond those in use.
+    pub idle_doc_cache: usize,
     pub retain_records: u64,
     pub truncate_every: Duration,
     pub grace: Duration,
@@ -102,7 +106,7 @@ pub async fn run(
             topics: topics.clone(),
             window: config.window,
             subscriber_queue: config.limits.subscriber_queue,
-            ..FanoutConfig::default()
+            max_idle_docs: config.idle_doc_cache,
         },
         log.clone(),
         store.clone(),
@@ -119,6 +123,7 @@ pub async fn run(
                 max_doc_bytes: config.limits.max_doc_bytes,
                 max_insert_bytes: config.limits.max_insert_bytes,
             },
+            max_docs: config.doc_cache,
             ..TransformerConfig::default()
         };
         let (log, store, m, s) = (
@@ -144,7 +149,7 @@ pub async fn run(
             snapshot_every: config.snapshot_every,
             retain_records: config.retain_records,
             truncate_every: config.truncate_every,
-            ..CompactorConfig::default()
+            max_docs: config.doc_cache,
         };
         let (log, store, m, s) = (
             log.clone(),

@@ -93,6 +93,12 @@ struct ServeArgs {
     /// A document gets a snapshot every this many of its ops.
     #[arg(long, env = "QUIRE_SNAPSHOT_EVERY", default_value_t = 1000)]
     snapshot_every: u64,
+    /// Documents the transformer and compactor keep in memory per partition.
+    #[arg(long, env = "QUIRE_DOC_CACHE", default_value_t = 1024)]
+    doc_cache: usize,
+    /// Documents fanout keeps per partition beyond those with subscribers.
+    #[arg(long, env = "QUIRE_IDLE_DOC_CACHE", default_value_t = 256)]
+    idle_doc_cache: usize,
     /// Records each topic partition keeps after truncation (retention margin).
     #[arg(long, env = "QUIRE_RETAIN_RECORDS", default_value_t = 10_000)]
     retain_records: u64,
@@ -133,6 +139,8 @@ impl ServeArgs {
                 min_age_ms: self.window_ms,
             },
             snapshot_every: self.snapshot_every,
+            doc_cache: self.doc_cache,
+            idle_doc_cache: self.idle_doc_cache,
             retain_records: self.retain_records,
             truncate_every: Duration::from_millis(self.truncate_every_ms),
             grace: Duration::from_secs(5),

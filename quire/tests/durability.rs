@@ -159,10 +159,16 @@ async fn repeated_kills_during_compaction_lose_nothing() {
         "5",
         "--window-ms",
         "0",
+        // Tiny caches: each partition holds two of the documents and caches
+        // one, so documents are evicted and rebuilt all the time.
+        "--doc-cache",
+        "1",
+        "--idle-doc-cache",
+        "1",
     ]);
-    let docs = ["k-a", "k-b", "k-c", "k-d"];
+    let docs = ["k-a", "k-b", "k-c", "k-d", "k-e", "k-f"];
     let mut clients: Vec<Client> = Vec::new();
-    for (i, doc) in docs.iter().cycle().take(8).enumerate() {
+    for (i, doc) in docs.iter().cycle().take(12).enumerate() {
         clients.push(
             Client::connect(&server.ws(), doc, &format!("k{i}"), None)
                 .await

@@ -1,8 +1,8 @@
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use doc::{load, DocState, LoadError, Sources, Topics, TRANSFORMER_GROUP};
+use doc::{load, DocCache, DocState, LoadError, Sources, Topics, TRANSFORMER_GROUP};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use protocol::{decode_out_record, decode_raw_record, OutRecord};
 use quire_log::{LogError, Offset, OpLog, Partition};
@@ -19,7 +19,7 @@ pub struct TransformerConfig {
     pub core: CoreConfig,
     /// Raw records taken per batch (one produce and one commit per batch).
     pub batch: usize,
-    /// Documents kept in memory per partition before the cache is dropped.
+    /// Documents kept in memory per partition (least recently used go first).
     pub max_docs: usize,
 }
 
@@ -123,7 +123,8 @@ pub async fn run(
         let span = tracing::info_span!("transformer", partition = p);
         tasks.spawn(
             async move {
-            let mut part = PartitionWorker { p, config, log, store, metrics, docs: HashMap::new() };
+            let docs = DocCache::new(config.max_docs);
+            let mut part = PartitionWorker { p, config, log, store, metrics, docs };
             // A failing partition backs off and starts again from the log;
             // it never skips a record.
             loop {
@@ -153,7 +154,7 @@ struct PartitionWorker {
     log: Arc<dyn OpLog>,
     store: Arc<dyn Store>,
     metrics: Metrics,
-    docs: HashMap<String, DocState>,
+    docs: DocCache<DocState>,
 }
 
 impl PartitionWorker {
@@ -211,9 +212,9 @@ impl PartitionWorker {
             if batch.is_empty() {
                 continue;
             }
-            if self.docs.len() > self.config.max_docs {
-                self.docs.clear();
-            }
+            // Documents this batch touched have outputs not yet in the log:
+            // they must stay cached until the batch is produced.
+            let mut touched = HashSet::new();
             let mut out = Vec::with_capacity(batch.len());
             let next = batch.last().map_or(pos, |r| r.offset + 1);
             for rec in batch {
@@ -230,10 +231,12 @@ impl PartitionWorker {
                         continue;
                     }
                 };
-                if !self.docs.contains_key(&raw.doc) {
+                if !self.docs.contains(&raw.doc) {
                     let state = load(self.sources(), &raw.doc, None, None).await?;
-                    self.docs.insert(raw.doc.clone(), state);
+                    self.docs
+                        .insert(raw.doc.clone(), state, |doc, _| touched.contains(doc));
                 }
+                touched.insert(raw.doc.clone());
                 let state = self.docs.get_mut(&raw.doc).expect("loaded above");
                 match process(state, &raw, rec.offset + 1, &self.config.core) {
                     Outcome::Applied(a) => {
