@@ -267,6 +267,20 @@ impl EmbeddedLog {
     }
 }
 
+/// Kafka's OffsetOutOfRange for reads below the log start.
+fn check_start(part: &PartState, topic: &str, partition: Partition, from: Offset) -> Result<()> {
+    let log_start = part.start.load(Ordering::Acquire);
+    if from < log_start {
+        return Err(LogError::OffsetOutOfRange {
+            topic: topic.into(),
+            partition,
+            offset: from,
+            log_start,
+        });
+    }
+    Ok(())
+}
+
 fn crate_nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -325,15 +339,7 @@ impl OpLog for EmbeddedLog {
         wait: Duration,
     ) -> Result<Vec<Record>> {
         let part = self.part(topic, partition)?;
-        let start = part.start.load(Ordering::Acquire);
-        if from < start {
-            return Err(LogError::OffsetOutOfRange {
-                topic: topic.into(),
-                partition,
-                offset: from,
-                log_start: start,
-            });
-        }
+        check_start(part, topic, partition, from)?;
         let mut hw_rx = part.hw.subscribe();
         let mut hw = *hw_rx.borrow_and_update();
         if from >= hw {
@@ -373,15 +379,7 @@ impl OpLog for EmbeddedLog {
             });
         }
         // DeleteRecords may have raced this read; Kafka would refuse it too.
-        let start = part.start.load(Ordering::Acquire);
-        if from < start {
-            return Err(LogError::OffsetOutOfRange {
-                topic: topic.into(),
-                partition,
-                offset: from,
-                log_start: start,
-            });
-        }
+        check_start(part, topic, partition, from)?;
         Ok(out)
     }
 
