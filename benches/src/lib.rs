@@ -26,7 +26,12 @@ pub struct Loaded {
 }
 
 pub fn traces_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces/sequential_traces")
+    // `../shared` beside the repository, or `$QUIRE_SHARED` when set.
+    let shared = match std::env::var_os("QUIRE_SHARED") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+    };
+    shared.join("traces/sequential_traces")
 }
 
 pub fn load(name: &str) -> Loaded {

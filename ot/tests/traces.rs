@@ -21,8 +21,7 @@ struct Txn {
 
 fn traces() -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/traces/sequential_traces");
+    let root = shared_dir().join("traces/sequential_traces");
     for dir in [root.clone(), root.join("ascii_only")] {
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
@@ -33,6 +32,14 @@ fn traces() -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+/// `../shared` beside the repository, or `$QUIRE_SHARED` when set.
+fn shared_dir() -> std::path::PathBuf {
+    match std::env::var_os("QUIRE_SHARED") {
+        Some(dir) => dir.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+    }
 }
 
 fn load(p: &std::path::Path) -> Trace {

@@ -4,7 +4,15 @@ use ot::{apply, compose, invert, transform, Op, Side};
 use serde_json::Value;
 
 fn vectors_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/ot.ndjson")
+    shared_dir().join("vectors/ot.ndjson")
+}
+
+/// `../shared` beside the repository, or `$QUIRE_SHARED` when set.
+fn shared_dir() -> std::path::PathBuf {
+    match std::env::var_os("QUIRE_SHARED") {
+        Some(dir) => dir.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+    }
 }
 
 fn op(v: &Value) -> Op {
