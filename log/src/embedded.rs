@@ -215,6 +215,14 @@ impl EmbeddedLog {
         Ok(rx)
     }
 
+    /// Queues a request and waits for its outcome after the commit.
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteReq,
+    ) -> Result<T> {
+        self.send(make).await?.await.map_err(|_| LogError::Closed)?
+    }
+
     async fn enqueue(
         &self,
         topic: &str,
@@ -399,16 +407,14 @@ impl OpLog for EmbeddedLog {
         next: Offset,
     ) -> Result<()> {
         self.part(topic, partition)?;
-        let rx = self
-            .send(|reply| WriteReq::Commit {
-                group: group.into(),
-                topic: topic.into(),
-                partition,
-                next,
-                reply,
-            })
-            .await?;
-        rx.await.map_err(|_| LogError::Closed)?
+        self.request(|reply| WriteReq::Commit {
+            group: group.into(),
+            topic: topic.into(),
+            partition,
+            next,
+            reply,
+        })
+        .await
     }
 
     async fn committed(
@@ -432,15 +438,13 @@ impl OpLog for EmbeddedLog {
         before: Offset,
     ) -> Result<Offset> {
         self.part(topic, partition)?;
-        let rx = self
-            .send(|reply| WriteReq::Delete {
-                topic: topic.into(),
-                partition,
-                before,
-                reply,
-            })
-            .await?;
-        rx.await.map_err(|_| LogError::Closed)?
+        self.request(|reply| WriteReq::Delete {
+            topic: topic.into(),
+            partition,
+            before,
+            reply,
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<()> {
