@@ -20,6 +20,18 @@ async fn next_msg(c: &mut Client) -> ServerMsg {
         .expect("a message")
 }
 
+/// `m` is an error with `code` (and about op `cseq`, when given).
+fn assert_error(m: &ServerMsg, code: ErrorCode, cseq: Option<u64>, ctx: &str) {
+    match m {
+        ServerMsg::Error {
+            code: got,
+            cseq: got_cseq,
+            ..
+        } if *got == code && (cseq.is_none() || *got_cseq == cseq) => {}
+        other => panic!("{ctx}: expected {code} (cseq {cseq:?}), got {other:?}"),
+    }
+}
+
 async fn expect_error(c: &mut Client, code: ErrorCode, what: &str) -> ServerMsg {
     let m = next_msg(c).await;
     match &m {
@@ -144,16 +156,7 @@ async fn every_bad_websocket_input_gets_its_code_and_changes_nothing() {
         use futures_util::StreamExt;
         let m = ws.next().await.unwrap().unwrap();
         let m: ServerMsg = serde_json::from_str(m.to_text().unwrap()).unwrap();
-        assert!(
-            matches!(
-                m,
-                ServerMsg::Error {
-                    code: ErrorCode::BadMessage,
-                    ..
-                }
-            ),
-            "{m:?}"
-        );
+        assert_error(&m, ErrorCode::BadMessage, None, "");
         // And an op before hello is a protocol error.
         ws.send(tokio_tungstenite::tungstenite::Message::Text(
             r#"{"type":"op","client":"x","cseq":1,"base":0,"op":["x"]}"#.into(),
@@ -162,16 +165,7 @@ async fn every_bad_websocket_input_gets_its_code_and_changes_nothing() {
         .unwrap();
         let m = ws.next().await.unwrap().unwrap();
         let m: ServerMsg = serde_json::from_str(m.to_text().unwrap()).unwrap();
-        assert!(
-            matches!(
-                m,
-                ServerMsg::Error {
-                    code: ErrorCode::Protocol,
-                    ..
-                }
-            ),
-            "{m:?}"
-        );
+        assert_error(&m, ErrorCode::Protocol, None, "");
     }
     // A second op in flight (base below the seq of the previous op).
     let v: u64 = before["seq"].as_u64().unwrap();
@@ -400,16 +394,7 @@ async fn auth_tokens_roles_documents_and_client_binding() {
         use futures_util::StreamExt;
         let m = ws.next().await.unwrap().unwrap();
         let m: ServerMsg = serde_json::from_str(m.to_text().unwrap()).unwrap();
-        assert!(
-            matches!(
-                m,
-                ServerMsg::Error {
-                    code: ErrorCode::Unauthorized,
-                    ..
-                }
-            ),
-            "{what}: {m:?}"
-        );
+        assert_error(&m, ErrorCode::Unauthorized, None, what);
         assert!(matches!(
             ws.next().await,
             Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) | None
@@ -426,16 +411,7 @@ async fn auth_tokens_roles_documents_and_client_binding() {
         use futures_util::StreamExt;
         let m = ws.next().await.unwrap().unwrap();
         let m: ServerMsg = serde_json::from_str(m.to_text().unwrap()).unwrap();
-        assert!(
-            matches!(
-                m,
-                ServerMsg::Error {
-                    code: ErrorCode::Forbidden,
-                    ..
-                }
-            ),
-            "{m:?}"
-        );
+        assert_error(&m, ErrorCode::Forbidden, None, "");
     }
     // Alice writes; user is stamped from the token.
     let mut a = Client::connect(&server.ws(), "team-a.doc", "alice-laptop", Some(&alice))
@@ -472,17 +448,7 @@ async fn auth_tokens_roles_documents_and_client_binding() {
     .await
     .unwrap();
     let m = next_msg(&mut r).await;
-    assert!(
-        matches!(
-            m,
-            ServerMsg::Error {
-                code: ErrorCode::Forbidden,
-                cseq: Some(1),
-                ..
-            }
-        ),
-        "{m:?}"
-    );
+    assert_error(&m, ErrorCode::Forbidden, Some(1), "");
     // Bob may not use Alice's client id.
     let mut b = Client::connect(&server.ws(), "team-a.doc", "alice-laptop", Some(&bob))
         .await
@@ -496,17 +462,7 @@ async fn auth_tokens_roles_documents_and_client_binding() {
     .await
     .unwrap();
     let m = next_msg(&mut b).await;
-    assert!(
-        matches!(
-            m,
-            ServerMsg::Error {
-                code: ErrorCode::Forbidden,
-                cseq: Some(9),
-                ..
-            }
-        ),
-        "{m:?}"
-    );
+    assert_error(&m, ErrorCode::Forbidden, Some(9), "");
     // HTTP: statuses.
     let body = r#"{"client":"h1","cseq":1,"base":0,"op":["x"]}"#;
     assert_eq!(
