@@ -9,13 +9,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use doc::{
+use document::{
     load, DocCache, DocState, LoadError, Sources, Topics, WindowPolicy, COMPACTOR_GROUP,
     TRANSFORMER_GROUP,
 };
+use oplog::{LogError, Offset, OpLog, Partition};
 use prometheus::{IntCounter, Registry};
 use protocol::{decode_out_record, OutRecord};
-use quire_log::{LogError, Offset, OpLog, Partition};
 use store::{Store, StoreError};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -182,7 +182,7 @@ impl Worker {
         }
     }
 
-    async fn compact(&mut self, batch: Vec<quire_log::Record>) -> Result<(), CompactorError> {
+    async fn compact(&mut self, batch: Vec<oplog::Record>) -> Result<(), CompactorError> {
         let mut applied = Vec::with_capacity(batch.len());
         let mut first_offset = HashMap::new();
         for rec in &batch {

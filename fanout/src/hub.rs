@@ -3,13 +3,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use doc::{load, DocCache, DocState, LoadError, Sources, Topics, WindowPolicy};
+use document::{load, DocCache, DocState, LoadError, Sources, Topics, WindowPolicy};
+use oplog::{partition_for, LogError, Offset, OpLog, Partition};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use protocol::{
     decode_out_record, decode_presence_record, AppliedRecord, ErrorCode, OutRecord, ProtoError,
     RejectedRecord, ServerMsg,
 };
-use quire_log::{partition_for, LogError, Offset, OpLog, Partition};
 use store::{Store, StoreError};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinSet;

@@ -1,9 +1,9 @@
 use std::sync::Arc;
 
+use oplog::OpLog;
 use ot::Op;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use protocol::{now_ms, ErrorCode, Limits, PresenceRecord, ProtoError, RawRecord, RECORD_VERSION};
-use quire_log::OpLog;
 
 #[derive(Clone)]
 pub struct Metrics {

@@ -1,11 +1,11 @@
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use doc::WindowPolicy;
+use document::WindowPolicy;
 use protocol::Limits;
 use quire::ServeConfig;
 use tokio_util::sync::CancellationToken;
@@ -158,6 +158,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: files and pipes get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use client::{ClientCore, CoreEvent};
-use doc::{DocState, WindowPolicy};
+use document::{DocState, WindowPolicy};
 use fanout::{dedup_check, join_messages, Dedup};
 use ot::{Op, SplitMix64};
 use protocol::{AppliedRecord, ClientMsg, ErrorCode, OutRecord, RawRecord, ServerMsg};

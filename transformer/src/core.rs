@@ -1,4 +1,4 @@
-use doc::{DocState, WindowPolicy};
+use document::{DocState, WindowPolicy};
 use ot::Side;
 use protocol::{AppliedRecord, ErrorCode, RawRecord, RejectedRecord, RECORD_VERSION};
 

@@ -2,10 +2,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use doc::{load, DocCache, DocState, LoadError, Sources, Topics, TRANSFORMER_GROUP};
+use document::{load, DocCache, DocState, LoadError, Sources, Topics, TRANSFORMER_GROUP};
+use oplog::{LogError, Offset, OpLog, Partition};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use protocol::{decode_out_record, decode_raw_record, OutRecord};
-use quire_log::{LogError, Offset, OpLog, Partition};
 use store::Store;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;

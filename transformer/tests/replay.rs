@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use doc::{load, DocState, Sources, Topics, WindowPolicy};
+use document::{load, DocState, Sources, Topics, WindowPolicy};
+use oplog::{EmbeddedLog, EmbeddedLogConfig, OpLog};
 use ot::{Op, SplitMix64};
 use protocol::{OutRecord, RawRecord};
-use quire_log::{EmbeddedLog, EmbeddedLogConfig, OpLog};
 use store::{EmbeddedStore, Store};
 use transformer::{process, CoreConfig, Outcome};
 

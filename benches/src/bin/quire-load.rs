@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::Client;
-use quire_log::{EmbeddedLog, EmbeddedLogConfig, OpLog};
+use oplog::{EmbeddedLog, EmbeddedLogConfig, OpLog};
 
 fn usage() -> ! {
     eprintln!("usage: quire-load pipeline WS_BASE CLIENTS DOCS OPS | quire-load log DIR PRODUCERS RECORDS");

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use quire_log::{partition_for, EmbeddedLog, EmbeddedLogConfig, LogError, OpLog};
+use oplog::{partition_for, EmbeddedLog, EmbeddedLogConfig, LogError, OpLog};
 
 fn config(dir: &std::path::Path) -> EmbeddedLogConfig {
     EmbeddedLogConfig {

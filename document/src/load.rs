@@ -1,7 +1,7 @@
 use std::time::Duration;
 
+use oplog::{partition_for, LogError, Offset, OpLog};
 use protocol::{decode_out_record, OutRecord};
-use quire_log::{partition_for, LogError, Offset, OpLog};
 use store::{Store, StoreError};
 
 use crate::{DocError, DocState, WindowPolicy};
