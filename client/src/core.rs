@@ -216,7 +216,7 @@ impl ClientCore {
                 client: self.client_id.clone(),
                 cseq: i.cseq,
                 base: i.base,
-                op: i.sent.clone(),
+                op: i.sent.clone().into(),
             });
         }
     }
@@ -487,7 +487,7 @@ mod tests {
                 base: 12,
                 op,
                 ..
-            }] => assert_eq!(op, &Op::splice(4, 0, "!")),
+            }] => assert_eq!(op.op(), &Op::splice(4, 0, "!")),
             other => panic!("{other:?}"),
         }
         assert_eq!(c.text(), ">abc!");

@@ -58,6 +58,8 @@ pub enum CompactorError {
     Store(#[from] StoreError),
     #[error("loading a document: {0}")]
     Load(#[from] LoadError),
+    #[error("a partition task panicked: {0}")]
+    Panicked(String),
     #[error("applied record at {offset} is unreadable: {reason}")]
     BadRecord { offset: Offset, reason: String },
 }
@@ -106,6 +108,9 @@ pub async fn run(
 ) -> Result<(), CompactorError> {
     let n = log.partitions(&config.topics.applied)?;
     let config = Arc::new(config);
+    // One task per partition; the first to fail stops the others and the
+    // role returns its error (its supervisor restarts it).
+    let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
     for p in 0..n {
         let mut w = Worker {
@@ -116,28 +121,20 @@ pub async fn run(
             metrics: metrics.clone(),
             docs: DocCache::new(config.max_docs),
         };
-        let shutdown = shutdown.clone();
+        let stop = stop.clone();
         let span = tracing::info_span!("compactor", partition = p);
-        tasks.spawn(
-            async move {
-            loop {
-                match w.run(&shutdown).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::error!(partition = p, error = %e, "compactor partition failed; restarting");
-                        w.docs.clear();
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                    }
-                }
-            }
-        }
-            .instrument(span),
-        );
+        tasks.spawn(async move { w.run(&stop).await }.instrument(span));
     }
-    while tasks.join_next().await.is_some() {}
+    while let Some(done) = tasks.join_next().await {
+        let failed = match done {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => CompactorError::Panicked(e.to_string()),
+        };
+        stop.cancel();
+        tasks.shutdown().await;
+        return Err(failed);
+    }
     Ok(())
 }
 
@@ -147,8 +144,10 @@ struct Worker {
     log: Arc<dyn OpLog>,
     store: Arc<dyn Store>,
     metrics: Metrics,
-    /// Documents with the count of ops since their last snapshot.
-    docs: DocCache<(DocState, u64)>,
+    /// Documents; each knows how many ops it has had since its latest
+    /// snapshot (rebuilt from the store on reload, so eviction and restarts
+    /// never postpone a snapshot).
+    docs: DocCache<DocState>,
 }
 
 impl Worker {
@@ -209,13 +208,14 @@ impl Worker {
                     log: self.log.as_ref(),
                     store: self.store.as_ref(),
                     topics: &self.config.topics,
-                    window: self.config.window,
+                    // The compactor transforms nothing: no window.
+                    window: WindowPolicy::NONE,
                 };
                 let state = load(sources, &a.doc, Some(first_offset[&a.doc]), None).await?;
                 // An evicted document reloads from the history written above.
-                self.docs.insert(a.doc.clone(), (state, 0), |_, _| false);
+                self.docs.insert(a.doc.clone(), state, |_, _| false);
             }
-            let (state, since) = self.docs.get_mut(&a.doc).expect("loaded above");
+            let state = self.docs.get_mut(&a.doc).expect("loaded above");
             if a.seq <= state.version {
                 continue;
             }
@@ -224,18 +224,11 @@ impl Worker {
                 self.docs.remove(&a.doc);
                 continue;
             }
-            state.trim(
-                WindowPolicy {
-                    min_ops: 0,
-                    min_age_ms: 0,
-                },
-                a.ts,
-            );
-            *since += 1;
-            if *since >= self.config.snapshot_every {
+            state.drop_window(self.config.window.max_ops);
+            if state.since_snapshot >= self.config.snapshot_every {
                 self.store.put_snapshot(&state.snapshot()).await?;
                 self.metrics.snapshots.inc();
-                *since = 0;
+                state.since_snapshot = 0;
             }
         }
         Ok(())

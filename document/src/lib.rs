@@ -12,4 +12,4 @@ mod state;
 
 pub use cache::DocCache;
 pub use load::{load, LoadError, Sources, Topics, COMPACTOR_GROUP, TRANSFORMER_GROUP};
-pub use state::{DocError, DocState, WindowPolicy};
+pub use state::{Dedup, DocError, DocState, WindowPolicy};

@@ -44,6 +44,12 @@ pub enum LoadError {
     Store(#[from] StoreError),
     #[error("replay: {0}")]
     Replay(#[from] DocError),
+    #[error("{doc}: truncation overtook the load (log starts at {log_start}, archived below {compacted})")]
+    Overtaken {
+        doc: String,
+        compacted: Offset,
+        log_start: Offset,
+    },
     #[error("{doc}: applied record at offset {offset} is unreadable: {reason}")]
     BadRecord {
         doc: String,
@@ -63,9 +69,14 @@ pub struct Sources<'a> {
 
 const PAGE: usize = 1000;
 
+/// How often a load starts again when truncation overtook it.
+const LOAD_ATTEMPTS: usize = 20;
+
 /// Rebuilds `doc` from the latest snapshot (at or before `at`), the history
 /// after it and the applied topic up to offset `upto` (exclusive; `None`: the
-/// current end). With `at`, stops at the last version `<= at` (time travel).
+/// current end). With `at`, stops at the last version `<= at` (time travel,
+/// no window). Without, the window is exactly what a warm copy of the
+/// document would hold (see [`WindowPolicy`]).
 pub async fn load(
     src: Sources<'_>,
     doc: &str,
@@ -75,9 +86,14 @@ pub async fn load(
     let mut attempts = 0;
     loop {
         match load_once(src, doc, upto, at).await {
-            // The compactor truncated under our feet: start again, the
-            // records we missed are now in the store.
-            Err(LoadError::Log(LogError::OffsetOutOfRange { .. })) if attempts < 5 => attempts += 1,
+            // The compactor archived and truncated under our feet: start
+            // again, the records we missed are now in the store.
+            Err(
+                LoadError::Log(LogError::OffsetOutOfRange { .. }) | LoadError::Overtaken { .. },
+            ) if attempts < LOAD_ATTEMPTS => {
+                attempts += 1;
+                tracing::debug!(doc, attempts, "load overtaken by truncation; again");
+            }
             other => return other,
         }
     }
@@ -104,14 +120,6 @@ async fn load_once(
         Some(s) => DocState::from_snapshot(&s),
         None => DocState::empty(doc),
     };
-    if at.is_none() && state.version > 0 {
-        let older = src
-            .store
-            .history_before(doc, state.version + 1, src.window.min_ops)
-            .await?;
-        state.prepend_history(older);
-    }
-    let mut last_ts = i64::MIN;
     'history: loop {
         let page = src.store.history(doc, state.version, PAGE).await?;
         let full = page.len() == PAGE;
@@ -119,7 +127,6 @@ async fn load_once(
             if r.seq > limit {
                 break 'history;
             }
-            last_ts = r.ts;
             state.apply_record(&r)?;
         }
         if !full {
@@ -127,12 +134,23 @@ async fn load_once(
         }
     }
 
-    let start = src.log.log_start(topic, partition).await?.max(compacted);
+    // Everything below `compacted` was in the store when we read it. If the
+    // log now starts above `compacted`, the compactor archived more and
+    // truncated it away after our store reads: those records are in
+    // neither what we read nor the topic.
+    let log_start = src.log.log_start(topic, partition).await?;
+    if log_start > compacted {
+        return Err(LoadError::Overtaken {
+            doc: doc.into(),
+            compacted,
+            log_start,
+        });
+    }
     let end = match upto {
         Some(u) => u,
         None => src.log.high_watermark(topic, partition).await?,
     };
-    let mut pos = start;
+    let mut pos = compacted;
     'topic: while pos < end {
         let batch = src
             .log
@@ -165,14 +183,28 @@ async fn load_once(
                     break 'topic;
                 }
                 if a.seq > state.version {
-                    last_ts = a.ts;
                     state.apply_record(&a)?;
                 }
             }
         }
     }
-    if last_ts != i64::MIN {
-        state.trim(src.window, last_ts);
+    if at.is_some() {
+        return Ok(state);
     }
+    // The window reaches back before the snapshot: as far as a warm copy's
+    // would (the history below the snapshot is complete, it was archived
+    // before the snapshot was written).
+    while state.wants_older(src.window) {
+        let older = src.store.history_before(doc, state.floor + 1, PAGE).await?;
+        if older.is_empty() {
+            break;
+        }
+        let floor = state.floor;
+        state.prepend_history(older);
+        if state.floor == floor {
+            break;
+        }
+    }
+    state.trim(src.window);
     Ok(state)
 }

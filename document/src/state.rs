@@ -1,15 +1,23 @@
 use std::collections::{HashMap, VecDeque};
 
-use protocol::{AppliedRecord, ClientEntry, Snapshot};
+use protocol::{AppliedRecord, ClientEntry, ErrorCode, ProtoError, Snapshot};
 use ropey::Rope;
 
 /// How far back a document keeps applied ops to transform stale bases
 /// against (SPEC §9): at least `min_ops` ops and at least `min_age_ms` of
-/// the document's time, whichever reaches further.
-#[derive(Debug, Clone, Copy)]
+/// the document's time, whichever reaches further — but never more than
+/// `max_ops` ops, so a busy document's window stays bounded.
+///
+/// The window is a pure function of the document's applied records: an op
+/// leaves it when it is beyond the newest `max_ops`, or when it is beyond
+/// the newest `min_ops` *and* at least `min_age_ms` older than the newest
+/// record (whose `ts` never decreases, see [`DocState::stamp`]). Trimming
+/// after every op and trimming once after a reload give the same window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowPolicy {
     pub min_ops: usize,
     pub min_age_ms: i64,
+    pub max_ops: usize,
 }
 
 impl Default for WindowPolicy {
@@ -17,7 +25,37 @@ impl Default for WindowPolicy {
         WindowPolicy {
             min_ops: 10_000,
             min_age_ms: 10 * 60 * 1000,
+            max_ops: 100_000,
         }
+    }
+}
+
+impl WindowPolicy {
+    /// No window at all (the compactor and time travel need none).
+    pub const NONE: WindowPolicy = WindowPolicy {
+        min_ops: 0,
+        min_age_ms: 0,
+        max_ops: 0,
+    };
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.min_age_ms < 0 {
+            return Err("--window-ms must not be negative".into());
+        }
+        if self.max_ops < self.min_ops {
+            return Err(format!(
+                "--window-max-ops ({}) must be at least --window-ops ({})",
+                self.max_ops, self.min_ops
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the oldest of `len` window ops, stamped `oldest_ts`, leaves
+    /// the window of a document whose newest op is stamped `clock`.
+    fn drops(&self, len: usize, oldest_ts: i64, clock: i64) -> bool {
+        len > self.max_ops
+            || (len > self.min_ops && clock.saturating_sub(oldest_ts) >= self.min_age_ms)
     }
 }
 
@@ -44,14 +82,36 @@ pub struct DocState {
     /// seq of the last applied op (0: never edited).
     pub version: u64,
     pub text: Rope,
-    /// Dedup table: the last op of each client, and the user it is bound to.
+    /// Dedup table: the last op of each client, and the user it is bound
+    /// to. It keeps every client whose last op is in the window (seq above
+    /// `floor`); older entries are pruned with the window, so its size is
+    /// bounded by the window's.
     pub clients: HashMap<String, ClientEntry>,
     /// Recent applied ops, oldest first.
     pub window: VecDeque<AppliedRecord>,
     /// Every applied op with `seq > floor` is in `window`.
     pub floor: u64,
+    /// `ts` of the newest applied op (the document's clock).
+    pub clock: i64,
+    /// Applied ops since the snapshot this state was rebuilt from (all of
+    /// them when there was none): the compactor snapshots by this count, so
+    /// the decision survives eviction and restarts.
+    pub since_snapshot: u64,
     /// Net code-point change of each window op, for lengths at old versions.
     deltas: VecDeque<i64>,
+}
+
+/// The outcome of the duplicate check on `(client, cseq)` (SPEC §4, §7).
+#[derive(Debug)]
+pub enum Dedup<'a> {
+    /// Newer than the client's last op: a new op.
+    New,
+    /// Applied, and still in the window: the record.
+    Applied(&'a AppliedRecord),
+    /// At or below the client's last op but no longer in the window: it was
+    /// applied at `seq` when that is known (it was the client's last op),
+    /// otherwise only the archive can tell whether it ever was.
+    Forgotten { seq: Option<u64> },
 }
 
 impl DocState {
@@ -63,6 +123,8 @@ impl DocState {
             clients: HashMap::new(),
             window: VecDeque::new(),
             floor: 0,
+            clock: i64::MIN,
+            since_snapshot: 0,
             deltas: VecDeque::new(),
         }
     }
@@ -79,6 +141,8 @@ impl DocState {
                 .collect(),
             window: VecDeque::new(),
             floor: s.seq,
+            clock: i64::MIN,
+            since_snapshot: 0,
             deltas: VecDeque::new(),
         }
     }
@@ -94,15 +158,39 @@ impl DocState {
         }
     }
 
+    /// The `ts` an op stamped `ts` by ingest gets when applied: never
+    /// earlier than the document's newest op, so a document's clock only
+    /// moves forward even when gateways' clocks disagree, and the window is
+    /// a function of the records alone.
+    pub fn stamp(&self, ts: i64) -> i64 {
+        ts.max(self.clock)
+    }
+
+    /// Whether the window would keep an op older than its oldest one.
+    pub fn wants_older(&self, policy: WindowPolicy) -> bool {
+        if self.floor == 0 {
+            return false;
+        }
+        match self.window.front() {
+            None => policy.max_ops > 0,
+            Some(oldest) => !policy.drops(self.window.len() + 1, oldest.ts, self.clock),
+        }
+    }
+
     /// Puts older ops (already reflected in the text) in front of the window,
-    /// so stale bases from before a snapshot can still be transformed.
+    /// so stale bases from before a snapshot can still be transformed. Each
+    /// must be the op that produced the current floor; the rest are ignored.
     pub fn prepend_history(&mut self, older: Vec<AppliedRecord>) {
         for r in older.into_iter().rev() {
-            // Each older op must be the one that produced the current floor.
             if r.seq != self.floor || self.floor == 0 {
                 break;
             }
             self.floor = r.prev;
+            self.clock = self.clock.max(r.ts);
+            let newer = self.clients.get(&r.client).is_some_and(|e| e.seq >= r.seq);
+            if !newer {
+                self.clients.insert(r.client.clone(), entry(&r));
+            }
             self.deltas.push_front(delta(&r));
             self.window.push_front(r);
         }
@@ -131,30 +219,73 @@ impl DocState {
     /// applies it itself to learn the deleted text).
     pub fn push_applied(&mut self, r: AppliedRecord) {
         self.version = r.seq;
-        self.clients.insert(
-            r.client.clone(),
-            ClientEntry {
-                client: r.client.clone(),
-                user: r.user.clone(),
-                cseq: r.cseq,
-                seq: r.seq,
-            },
-        );
+        self.clock = self.clock.max(r.ts);
+        self.since_snapshot += 1;
+        self.clients.insert(r.client.clone(), entry(&r));
         self.deltas.push_back(delta(&r));
         self.window.push_back(r);
     }
 
-    /// Drops window ops beyond the policy, judged at time `now_ms` (the
-    /// document's own clock: the ts of the newest record, so replays agree).
-    pub fn trim(&mut self, policy: WindowPolicy, now_ms: i64) {
-        while self.window.len() > policy.min_ops {
-            let oldest = &self.window[0];
-            if now_ms - oldest.ts < policy.min_age_ms {
+    /// Drops window ops beyond the policy, judged by the document's clock,
+    /// and the dedup entries of clients whose last op left the window.
+    pub fn trim(&mut self, policy: WindowPolicy) {
+        let before = self.floor;
+        while let Some(oldest) = self.window.front() {
+            if !policy.drops(self.window.len(), oldest.ts, self.clock) {
                 break;
             }
             self.floor = oldest.seq;
             self.window.pop_front();
             self.deltas.pop_front();
+        }
+        if self.floor != before || self.clients.len() > self.window.len() {
+            let floor = self.floor;
+            self.clients.retain(|_, e| e.seq > floor);
+        }
+    }
+
+    /// The compactor keeps no window (it only snapshots), but keeps the
+    /// dedup table for its snapshots, bounded to the `keep` most recent
+    /// clients.
+    pub fn drop_window(&mut self, keep: usize) {
+        self.floor = self.version;
+        self.window.clear();
+        self.deltas.clear();
+        if self.clients.len() > keep {
+            let mut seqs: Vec<u64> = self.clients.values().map(|e| e.seq).collect();
+            seqs.sort_unstable_by(|a, b| b.cmp(a));
+            let cut = seqs[keep.saturating_sub(1).min(seqs.len() - 1)];
+            self.clients.retain(|_, e| e.seq >= cut);
+        }
+    }
+
+    /// The clientId binding check, then the duplicate check (SPEC §4, §7).
+    /// The gateway and the transformer both decide with this.
+    pub fn dedup_check(
+        &self,
+        client: &str,
+        cseq: u64,
+        user: &str,
+    ) -> Result<Dedup<'_>, ProtoError> {
+        match self.clients.get(client) {
+            Some(e) if e.user != user => Err(ProtoError::new(
+                ErrorCode::Forbidden,
+                format!("client id {client} belongs to another user"),
+            )),
+            Some(e) if cseq <= e.cseq => Ok(
+                match self
+                    .window
+                    .iter()
+                    .rev()
+                    .find(|r| r.client == client && r.cseq == cseq)
+                {
+                    Some(r) => Dedup::Applied(r),
+                    None => Dedup::Forgotten {
+                        seq: (cseq == e.cseq).then_some(e.seq),
+                    },
+                },
+            ),
+            _ => Ok(Dedup::New),
         }
     }
 
@@ -180,6 +311,15 @@ impl DocState {
 
     pub fn text_len_bytes(&self) -> usize {
         self.text.len_bytes()
+    }
+}
+
+fn entry(r: &AppliedRecord) -> ClientEntry {
+    ClientEntry {
+        client: r.client.clone(),
+        user: r.user.clone(),
+        cseq: r.cseq,
+        seq: r.seq,
     }
 }
 
@@ -242,37 +382,90 @@ mod tests {
             s.apply_record(&rec(12, 10, Op::splice(0, 0, "x"), &[], 30)),
             Err(DocError::Gap { .. })
         ));
-        // Trim keeps at least min_ops and at least min_age_ms of history.
-        s.trim(
-            WindowPolicy {
-                min_ops: 1,
-                min_age_ms: 15,
-            },
-            30,
-        );
-        assert_eq!(
-            s.floor, 7,
-            "ops 20ms and 30ms old go, the one 10ms old stays"
-        );
-        assert!(s.ops_after(6).is_none());
+        // Trim keeps at least min_ops and at least min_age_ms of history,
+        // judged by the newest op's ts (20).
+        let policy = |min_ops, min_age_ms| WindowPolicy {
+            min_ops,
+            min_age_ms,
+            max_ops: 100,
+        };
+        s.trim(policy(1, 15));
+        assert_eq!(s.floor, 3, "the op 20ms old goes, the one 10ms old stays");
+        assert!(s.ops_after(2).is_none());
         assert_eq!(s.len_at(7), Some(5));
-        s.trim(
-            WindowPolicy {
-                min_ops: 1,
-                min_age_ms: 0,
-            },
-            1000,
-        );
+        s.trim(policy(1, 0));
         assert_eq!(s.window.len(), 1, "min_ops keeps one");
-        s.trim(
-            WindowPolicy {
-                min_ops: 0,
-                min_age_ms: 0,
-            },
-            30,
-        );
+        s.trim(policy(0, 0));
         assert_eq!((s.floor, s.window.len()), (9, 0));
         assert_eq!(s.len_at(9), Some(7));
+    }
+
+    #[test]
+    fn max_ops_caps_a_busy_window_and_prunes_the_dedup_table() {
+        let policy = WindowPolicy {
+            min_ops: 2,
+            min_age_ms: 1_000_000,
+            max_ops: 3,
+        };
+        let mut s = DocState::empty("d");
+        for i in 1..=6u64 {
+            let mut r = rec(i, i - 1, Op::splice(0, 0, "x"), &[], i as i64);
+            r.client = format!("c{i}");
+            s.apply_record(&r).unwrap();
+            s.trim(policy);
+        }
+        // All six are within min_age, but the cap keeps three.
+        assert_eq!((s.floor, s.window.len()), (3, 3));
+        let mut left: Vec<_> = s.clients.keys().cloned().collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["c4", "c5", "c6"],
+            "clients whose last op left the window are pruned"
+        );
+    }
+
+    /// The window is a function of the records: trimming after every op
+    /// (warm) and trimming once after replaying them all (a reload) agree,
+    /// whatever the clocks of the gateways that stamped them.
+    #[test]
+    fn warm_and_reloaded_windows_agree() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for _ in 0..200 {
+            let policy = WindowPolicy {
+                min_ops: next(5) as usize,
+                min_age_ms: next(50) as i64,
+                max_ops: 5 + next(10) as usize,
+            };
+            let mut warm = DocState::empty("d");
+            let mut records = Vec::new();
+            for i in 1..=60u64 {
+                // Gateways' clocks jitter, sometimes backwards.
+                let ts = warm.stamp(i as i64 * 3 - next(20) as i64);
+                let mut r = rec(i, i - 1, Op::splice(0, 0, "x"), &[], ts);
+                r.client = format!("c{}", next(7));
+                warm.apply_record(&r).unwrap();
+                warm.trim(policy);
+                records.push(r);
+            }
+            let mut cold = DocState::empty("d");
+            for r in &records {
+                cold.apply_record(r).unwrap();
+            }
+            cold.trim(policy);
+            assert_eq!(
+                (cold.floor, cold.window.len()),
+                (warm.floor, warm.window.len()),
+                "{policy:?}"
+            );
+            assert_eq!(cold.clients, warm.clients, "{policy:?}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use document::{load, DocCache, DocState, LoadError, Sources, Topics, WindowPolicy};
+use document::{load, Dedup, DocCache, DocState, LoadError, Sources, Topics, WindowPolicy};
 use oplog::{partition_for, LogError, Offset, OpLog, Partition};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use protocol::{
@@ -49,6 +49,8 @@ pub enum FanoutError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Refused(#[from] ProtoError),
+    #[error("a partition task panicked: {0}")]
+    Panicked(String),
 }
 
 #[derive(Clone)]
@@ -421,36 +423,38 @@ impl Fanout {
 
     /// Consumes the applied and presence topics until `shutdown`, one task
     /// per partition each.
-    pub async fn run(&self, shutdown: CancellationToken) {
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), FanoutError> {
+        // One task per partition and topic; the first to fail stops the
+        // others and the role returns its error (its supervisor restarts it
+        // from each partition's position).
+        let stop = shutdown.child_token();
         let mut tasks = JoinSet::new();
         for p in 0..self.inner.parts.len() as Partition {
             for presence in [false, true] {
-                let (me, shutdown) = (self.clone(), shutdown.clone());
+                let (me, stop) = (self.clone(), stop.clone());
                 let topic = if presence { "presence" } else { "applied" };
                 let span = tracing::info_span!("fanout", partition = p, topic);
                 let task = async move {
-                    // A failed loop backs off and starts again from its
-                    // position (applied) or the topic's end (presence).
-                    loop {
-                        let result = if presence {
-                            me.relay_presence(p, &shutdown).await
-                        } else {
-                            me.consume(p, &shutdown).await
-                        };
-                        match result {
-                            Ok(()) => return,
-                            Err(e) => tracing::error!(error = %e, "fanout loop failed; restarting"),
-                        }
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                        }
+                    if presence {
+                        me.relay_presence(p, &stop).await
+                    } else {
+                        me.consume(p, &stop).await
                     }
                 };
                 tasks.spawn(task.instrument(span));
             }
         }
-        while tasks.join_next().await.is_some() {}
+        while let Some(done) = tasks.join_next().await {
+            let failed = match done {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(e) => FanoutError::Panicked(e.to_string()),
+            };
+            stop.cancel();
+            tasks.shutdown().await;
+            return Err(failed);
+        }
+        Ok(())
     }
 
     async fn consume(&self, p: Partition, shutdown: &CancellationToken) -> Result<(), FanoutError> {
@@ -575,6 +579,7 @@ impl Fanout {
         if a.seq <= hub.state.version {
             return; // loaded from the log already
         }
+        let window = self.inner.config.window;
         if let Err(e) = hub.state.apply_record(&a) {
             // Broken invariant: drop the document so it is reloaded, and
             // cut its subscribers off (they re-join and catch up).
@@ -582,6 +587,7 @@ impl Fanout {
             hub.broken = true;
             return;
         }
+        hub.state.trim(window);
         let f = frame(&ServerMsg::applied(&a));
         let metrics = &self.inner.metrics;
         // Clocks of other hosts may be behind: never observe a negative.
@@ -637,14 +643,6 @@ impl Fanout {
     }
 }
 
-fn find_applied<'a>(state: &'a DocState, client: &str, cseq: u64) -> Option<&'a AppliedRecord> {
-    state
-        .window
-        .iter()
-        .rev()
-        .find(|r| r.client == client && r.cseq == cseq)
-}
-
 /// What a join sends (SPEC §5): with a `since` the window still covers, the
 /// applied ops after it; otherwise a snapshot of the current state; then
 /// `ready`. Pure, so the simulation tests use exactly this.
@@ -670,35 +668,13 @@ pub fn join_messages(state: &DocState, since: Option<u64>) -> Vec<ServerMsg> {
     out
 }
 
-/// The outcome of the duplicate check on `(client, cseq)`.
-pub enum Dedup<'a> {
-    /// Not applied (as far as this state knows).
-    New,
-    /// Applied: the record.
-    Applied(&'a AppliedRecord),
-    /// Applied long ago: only the archive still has the record; its seq is
-    /// known when it was the client's latest op.
-    Forgotten { seq: Option<u64> },
-}
-
-/// The clientId binding check, then the duplicate check (SPEC §4, §7).
+/// The clientId binding check, then the duplicate check (SPEC §4, §7): the
+/// one the transformer makes too.
 pub fn dedup_check<'a>(
     state: &'a DocState,
     client: &str,
     cseq: u64,
     user: &str,
 ) -> Result<Dedup<'a>, ProtoError> {
-    match state.clients.get(client) {
-        Some(e) if e.user != user => Err(ProtoError::new(
-            ErrorCode::Forbidden,
-            format!("client id {client} belongs to another user"),
-        )),
-        Some(e) if cseq <= e.cseq => Ok(match find_applied(state, client, cseq) {
-            Some(r) => Dedup::Applied(r),
-            None => Dedup::Forgotten {
-                seq: (cseq == e.cseq).then_some(e.seq),
-            },
-        }),
-        _ => Ok(Dedup::New),
-    }
+    state.dedup_check(client, cseq, user)
 }

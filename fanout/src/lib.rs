@@ -9,7 +9,7 @@
 
 mod hub;
 
+pub use document::Dedup;
 pub use hub::{
-    dedup_check, join_messages, Dedup, Fanout, FanoutConfig, FanoutError, Frame, Joined, Metrics,
-    Waited,
+    dedup_check, join_messages, Fanout, FanoutConfig, FanoutError, Frame, Joined, Metrics, Waited,
 };

@@ -11,15 +11,14 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use fanout::{Fanout, FanoutError, Waited};
-use ot::Op;
+use ot::SentOp;
 use prometheus::{Encoder, Registry, TextEncoder};
-use protocol::{validate_client_id, validate_doc_id, ErrorCode, OutRecord, ProtoError, ServerMsg};
-use serde::Deserialize;
+use protocol::{validate_doc_id, ClientMsg, ErrorCode, OutRecord, ProtoError, ServerMsg};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Auth, Ingest, Principal};
+use crate::{Auth, Health, Ingest, Principal};
 
 /// Everything the front door needs. Cheap to clone.
 #[derive(Clone)]
@@ -28,6 +27,8 @@ pub struct Gateway {
     pub ingest: Ingest,
     pub fanout: Fanout,
     pub registry: Registry,
+    /// The roles of this process, for `/readyz`.
+    pub health: Health,
     pub shutdown: CancellationToken,
     /// How long `POST …/ops` waits for the op to be applied.
     pub post_timeout: Duration,
@@ -42,6 +43,7 @@ impl Gateway {
         ingest: Ingest,
         fanout: Fanout,
         registry: Registry,
+        health: Health,
         shutdown: CancellationToken,
     ) -> Gateway {
         let limits = ingest.limits().clone();
@@ -50,6 +52,7 @@ impl Gateway {
             ingest,
             fanout,
             registry,
+            health,
             shutdown,
             post_timeout: Duration::from_millis(limits.post_timeout_ms),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
@@ -255,12 +258,11 @@ async fn get_ops(
     gw.respond(result)
 }
 
-#[derive(Deserialize)]
 struct PostOp {
     client: String,
     cseq: u64,
     base: u64,
-    op: Op,
+    op: SentOp,
 }
 
 async fn post_op(
@@ -287,14 +289,29 @@ async fn post_op(
             ))
         }
     };
-    let req: PostOp = match serde_json::from_slice(&body)
+    // The body is an op message without its `type`: the same checks apply.
+    let req = match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
         .map_err(|e| ProtoError::new(ErrorCode::BadMessage, format!("unreadable op: {e}")))
-        .and_then(|r: PostOp| {
-            validate_client_id(&r.client)?;
-            if r.cseq == 0 {
-                return Err(ProtoError::new(ErrorCode::BadMessage, "cseq starts at 1"));
+        .and_then(|mut fields| {
+            fields.insert("type".into(), "op".into());
+            let msg: ClientMsg = serde_json::from_value(fields.into()).map_err(|e| {
+                ProtoError::new(ErrorCode::BadMessage, format!("unreadable op: {e}"))
+            })?;
+            msg.check()?;
+            match msg {
+                ClientMsg::Op {
+                    client,
+                    cseq,
+                    base,
+                    op,
+                } => Ok(PostOp {
+                    client,
+                    cseq,
+                    base,
+                    op,
+                }),
+                _ => unreachable!("tagged as an op above"),
             }
-            Ok(r)
         }) {
         Ok(r) => r,
         Err(e) => return gw.refuse(&e),
@@ -341,6 +358,11 @@ async fn post_op(
 }
 
 async fn readyz(State(gw): State<Gateway>) -> Response {
+    let down = gw.health.down();
+    if !down.is_empty() {
+        let msg = format!("role down: {}\n", down.join(", "));
+        return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
+    }
     if gw.fanout.ready().await {
         (StatusCode::OK, "ready\n").into_response()
     } else {

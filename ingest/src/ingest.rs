@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use oplog::OpLog;
-use ot::Op;
+use ot::{Op, SentOp};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use protocol::{now_ms, ErrorCode, Limits, PresenceRecord, ProtoError, RawRecord, RECORD_VERSION};
 
@@ -104,9 +104,9 @@ impl Ingest {
         client: &str,
         cseq: u64,
         base: u64,
-        op: Op,
+        op: SentOp,
     ) -> Result<u64, ProtoError> {
-        self.check(&op)?;
+        self.check(op.op())?;
         let rec = RawRecord {
             v: RECORD_VERSION,
             doc: doc.to_owned(),
@@ -117,10 +117,21 @@ impl Ingest {
             user: user.to_owned(),
             ts: now_ms(),
         };
+        let value = rec.encode();
+        if value.len() > self.limits.max_record_bytes {
+            return Err(ProtoError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the op's record would be {} bytes, over the {} byte limit",
+                    value.len(),
+                    self.limits.max_record_bytes
+                ),
+            ));
+        }
         let timer = self.metrics.produce_seconds.start_timer();
         let out = self
             .log
-            .produce(&self.topic, vec![(doc.to_owned(), rec.encode())])
+            .produce(&self.topic, vec![(doc.to_owned(), value)])
             .await;
         timer.observe_duration();
         match out {

@@ -8,11 +8,13 @@
 //! Only this crate (and fanout's frames) knows WebSocket and JSON framing.
 
 mod auth;
+mod health;
 mod http;
 mod ingest;
 mod ratelimit;
 mod ws;
 
 pub use auth::{Auth, Claims, Principal, Role};
+pub use health::Health;
 pub use http::{router, Gateway};
 pub use ingest::{Ingest, Metrics};

@@ -13,6 +13,6 @@ mod rng;
 
 pub use op::{
     apply, apply_rope, apply_with_deleted, compose, invert, transform, transform_cursor, Component,
-    Op, OtError, Side,
+    Op, OtError, SentOp, Side,
 };
 pub use rng::SplitMix64;

@@ -500,18 +500,89 @@ impl Serialize for Op {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
         for c in &self.0 {
-            match c {
-                Component::Retain(n) => seq.serialize_element(&(*n as u64))?,
-                Component::Insert(t) => seq.serialize_element(t)?,
-                Component::Delete(n) => seq.serialize_element(&-(*n as i64))?,
-            }
+            serialize_component(&mut seq, c)?;
         }
         seq.end()
     }
 }
 
+fn serialize_component<S: SerializeSeq>(seq: &mut S, c: &Component) -> Result<(), S::Error> {
+    match c {
+        Component::Retain(n) => seq.serialize_element(&(*n as u64)),
+        Component::Insert(t) => seq.serialize_element(t),
+        Component::Delete(n) => seq.serialize_element(&-(*n as i64)),
+    }
+}
+
 impl<'de> Deserialize<'de> for Op {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Op, D::Error> {
+        SentOp::deserialize(d).map(SentOp::into_op)
+    }
+}
+
+/// An op as its author sent it (SPEC §3): the normalised op, plus its
+/// *span* — retains plus deletes as sent, including a trailing retain that
+/// normal form drops. An op fits a document of length L when its span ≤ L,
+/// so `[100]` does not fit an empty document even though it normalises to
+/// the identity. On the wire it is the normal form followed by the trailing
+/// retain, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SentOp {
+    op: Op,
+    span: usize,
+}
+
+impl SentOp {
+    /// `op` with a trailing retain that makes its span `span` (never less
+    /// than the op's own span).
+    pub fn new(op: Op, span: usize) -> SentOp {
+        let span = span.max(op.base_len());
+        SentOp { op, span }
+    }
+
+    pub fn op(&self) -> &Op {
+        &self.op
+    }
+
+    pub fn into_op(self) -> Op {
+        self.op
+    }
+
+    /// Retains plus deletes as sent.
+    pub fn span(&self) -> usize {
+        self.span
+    }
+
+    /// Whether the op fits a document of `len` code points.
+    pub fn fits(&self, len: usize) -> bool {
+        self.span <= len
+    }
+}
+
+impl From<Op> for SentOp {
+    fn from(op: Op) -> SentOp {
+        let span = op.base_len();
+        SentOp { op, span }
+    }
+}
+
+impl Serialize for SentOp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let tail = self.span - self.op.base_len();
+        let n = self.op.0.len() + usize::from(tail > 0);
+        let mut seq = s.serialize_seq(Some(n))?;
+        for c in &self.op.0 {
+            serialize_component(&mut seq, c)?;
+        }
+        if tail > 0 {
+            seq.serialize_element(&(tail as u64))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for SentOp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SentOp, D::Error> {
         d.deserialize_seq(OpVisitor)
     }
 }
@@ -556,25 +627,36 @@ impl<'de> Deserialize<'de> for Wire {
 const MAX_COMPONENT: i64 = 1 << 40;
 
 impl<'de> Visitor<'de> for OpVisitor {
-    type Value = Op;
+    type Value = SentOp;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an array of op components")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Op, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SentOp, A::Error> {
         let mut b = Builder::default();
+        let mut span: usize = 0;
         while let Some(w) = seq.next_element::<Wire>()? {
             match w {
                 Wire::Int(n) if n.abs() > MAX_COMPONENT => {
                     return Err(de::Error::custom("op component out of range"))
                 }
-                Wire::Int(n) if n >= 0 => b.push(Component::Retain(n as usize)),
-                Wire::Int(n) => b.push(Component::Delete(n.unsigned_abs() as usize)),
+                Wire::Int(n) => {
+                    let n_abs = n.unsigned_abs() as usize;
+                    span = span
+                        .checked_add(n_abs)
+                        .filter(|s| *s as i64 <= MAX_COMPONENT)
+                        .ok_or_else(|| de::Error::custom("op spans too many code points"))?;
+                    b.push(if n >= 0 {
+                        Component::Retain(n_abs)
+                    } else {
+                        Component::Delete(n_abs)
+                    });
+                }
                 Wire::Str(s) => b.push(Component::Insert(s)),
             }
         }
-        Ok(b.finish())
+        Ok(SentOp::new(b.finish(), span))
     }
 }
 
@@ -621,6 +703,22 @@ mod tests {
             apply("ab", &op(r#"[2, -1]"#)),
             Err(OtError::DoesNotFit { needed: 3, len: 2 })
         );
+    }
+
+    #[test]
+    fn sent_op_keeps_its_span() {
+        let sent: SentOp = serde_json::from_str("[100]").unwrap();
+        assert!(sent.op().is_noop());
+        assert_eq!(sent.span(), 100);
+        assert!(!sent.fits(0) && !sent.fits(99) && sent.fits(100));
+        assert_eq!(serde_json::to_string(&sent).unwrap(), "[100]");
+        let sent: SentOp = serde_json::from_str(r#"[2, 3, -1, "x", 4]"#).unwrap();
+        assert_eq!((sent.span(), sent.op().base_len()), (10, 6));
+        assert_eq!(serde_json::to_string(&sent).unwrap(), r#"[5,"x",-1,4]"#);
+        let back: SentOp = serde_json::from_str(r#"[5,"x",-1,4]"#).unwrap();
+        assert_eq!(back, sent);
+        assert_eq!(SentOp::from(op(r#"[1, -1]"#)).span(), 2);
+        assert!(serde_json::from_str::<SentOp>("[1099511627776, 1099511627776]").is_err());
     }
 
     #[test]

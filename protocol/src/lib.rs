@@ -11,7 +11,7 @@ mod record;
 
 pub use error::{ErrorCode, ProtoError};
 pub use ids::{validate_client_id, validate_doc_id};
-pub use limits::Limits;
+pub use limits::{Limits, RECORD_OVERHEAD};
 pub use msg::{ClientMsg, Cursor, ServerMsg};
 pub use record::{
     decode_out_record, decode_presence_record, decode_raw_record, AppliedRecord, ClientEntry,

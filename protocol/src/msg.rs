@@ -1,4 +1,4 @@
-use ot::Op;
+use ot::{Op, SentOp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -24,7 +24,8 @@ pub enum ClientMsg {
         client: String,
         cseq: u64,
         base: u64,
-        op: Op,
+        /// As sent: its span decides whether it fits (SPEC §3).
+        op: SentOp,
     },
     Presence {
         seq: u64,

@@ -1,7 +1,7 @@
 //! Log records and snapshots (SPEC §10). Every record carries `v`; readers
 //! refuse versions they do not know.
 
-use ot::Op;
+use ot::{Op, SentOp};
 use serde::{Deserialize, Serialize};
 
 use crate::{ErrorCode, ProtoError};
@@ -16,7 +16,9 @@ pub struct RawRecord {
     pub client: String,
     pub cseq: u64,
     pub base: u64,
-    pub op: Op,
+    /// The op as the client sent it, trailing retain included: the
+    /// transformer checks that it fits the document at `base`.
+    pub op: SentOp,
     pub user: String,
     pub ts: i64,
 }

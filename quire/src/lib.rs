@@ -10,9 +10,9 @@ use axum::serve::ListenerExt;
 use compactor::CompactorConfig;
 use document::{Topics, WindowPolicy};
 use fanout::{Fanout, FanoutConfig};
-use ingest::{Auth, Gateway, Ingest};
+use ingest::{Auth, Gateway, Health, Ingest};
 use oplog::{EmbeddedLog, EmbeddedLogConfig, OpLog};
-use prometheus::Registry;
+use prometheus::{IntCounterVec, Opts, Registry};
 use protocol::Limits;
 use store::{EmbeddedStore, Store};
 use tokio::net::TcpListener;
@@ -39,6 +39,30 @@ pub struct ServeConfig {
     pub retain_records: u64,
     pub truncate_every: Duration,
     pub grace: Duration,
+    /// How a role that keeps failing is restarted, and when the process
+    /// gives up on it.
+    pub restarts: RestartPolicy,
+}
+
+/// Crash-only roles: a role whose loop fails is restarted after `backoff`
+/// (doubling up to 30 s); after `max_restarts` failures in a row (a role
+/// that ran for `healthy_after` counts as recovered) `/readyz` fails and
+/// the process exits non-zero, for a supervisor to restart it.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    pub max_restarts: u32,
+    pub backoff: Duration,
+    pub healthy_after: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            max_restarts: 5,
+            backoff: Duration::from_millis(500),
+            healthy_after: Duration::from_secs(60),
+        }
+    }
 }
 
 impl ServeConfig {
@@ -56,6 +80,22 @@ impl ServeConfig {
         if self.snapshot_every == 0 {
             bail!("--snapshot-every must be at least 1");
         }
+        if self.doc_cache == 0 {
+            bail!("--doc-cache must be at least 1");
+        }
+        if self.truncate_every.is_zero() {
+            bail!("--truncate-every-ms must be at least 1");
+        }
+        if self.topic_prefix.is_empty()
+            || !self
+                .topic_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            bail!("--topic-prefix must be non-empty and use only [A-Za-z0-9._-]");
+        }
+        self.limits.validate().map_err(anyhow::Error::msg)?;
+        self.window.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 }
@@ -114,6 +154,21 @@ pub async fn run(
     )
     .await?;
 
+    let health = Health::new(&["transformer", "fanout", "compactor"]);
+    let sup = Supervisor {
+        policy: config.restarts,
+        health: health.clone(),
+        restarts: IntCounterVec::new(
+            Opts::new(
+                "quire_role_restarts_total",
+                "Times a role's loop failed and was restarted, by role",
+            ),
+            &["role"],
+        )?,
+        failed: Arc::new(std::sync::Mutex::new(None)),
+        shutdown: shutdown.clone(),
+    };
+    registry.register(Box::new(sup.restarts.clone()))?;
     let mut tasks = JoinSet::new();
     {
         let cfg = TransformerConfig {
@@ -122,25 +177,26 @@ pub async fn run(
                 window: config.window,
                 max_doc_bytes: config.limits.max_doc_bytes,
                 max_insert_bytes: config.limits.max_insert_bytes,
+                max_record_bytes: config.limits.max_record_bytes,
             },
             max_docs: config.doc_cache,
             ..TransformerConfig::default()
         };
-        let (log, store, m, s) = (
+        let (log, store, m) = (
             log.clone(),
             store.clone(),
             transformer::Metrics::new(&registry),
-            shutdown.clone(),
         );
-        tasks.spawn(async move {
-            if let Err(e) = transformer::run(cfg, log, store, m, s).await {
-                tracing::error!(error = %e, "transformer stopped");
-            }
-        });
+        tasks.spawn(supervise("transformer", sup.clone(), move |s| {
+            transformer::run(cfg.clone(), log.clone(), store.clone(), m.clone(), s)
+        }));
     }
     {
-        let (f, s) = (fanout.clone(), shutdown.clone());
-        tasks.spawn(async move { f.run(s).await });
+        let f = fanout.clone();
+        tasks.spawn(supervise("fanout", sup.clone(), move |s| {
+            let f = f.clone();
+            async move { f.run(s).await }
+        }));
     }
     {
         let cfg = CompactorConfig {
@@ -151,17 +207,14 @@ pub async fn run(
             truncate_every: config.truncate_every,
             max_docs: config.doc_cache,
         };
-        let (log, store, m, s) = (
+        let (log, store, m) = (
             log.clone(),
             store.clone(),
             compactor::Metrics::new(&registry),
-            shutdown.clone(),
         );
-        tasks.spawn(async move {
-            if let Err(e) = compactor::run(cfg, log, store, m, s).await {
-                tracing::error!(error = %e, "compactor stopped");
-            }
-        });
+        tasks.spawn(supervise("compactor", sup.clone(), move |s| {
+            compactor::run(cfg.clone(), log.clone(), store.clone(), m.clone(), s)
+        }));
     }
 
     let auth = match &config.jwt_secret {
@@ -178,7 +231,7 @@ pub async fn run(
         config.limits.clone(),
         ingest::Metrics::new(&registry),
     );
-    let gateway = Gateway::new(auth, ingest, fanout, registry, shutdown.clone());
+    let gateway = Gateway::new(auth, ingest, fanout, registry, health, shutdown.clone());
     let app = ingest::router(gateway);
     let s = shutdown.clone();
     // Small frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
@@ -203,5 +256,73 @@ pub async fn run(
         tracing::warn!("roles did not stop within the grace period; aborting them");
         tasks.abort_all();
     }
-    Ok(())
+    let failed = sup.failed.lock().expect("not poisoned").take();
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// What every role's supervisor shares.
+#[derive(Clone)]
+struct Supervisor {
+    policy: RestartPolicy,
+    health: Health,
+    restarts: IntCounterVec,
+    /// The role that could not be kept running, which ends the process.
+    failed: Arc<std::sync::Mutex<Option<anyhow::Error>>>,
+    shutdown: CancellationToken,
+}
+
+/// Runs a role until shutdown, restarting it when its loop returns early
+/// (an error, or an `Ok` before shutdown) or panics; gives up after too many
+/// failures in a row: the role is marked down (`/readyz` fails) and the
+/// process shuts down with an error.
+async fn supervise<F, Fut, E>(role: &'static str, sup: Supervisor, mut start: F)
+where
+    F: FnMut(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let mut failures = 0u32;
+    let mut backoff = sup.policy.backoff;
+    loop {
+        let began = tokio::time::Instant::now();
+        let run = tokio::spawn(start(sup.shutdown.child_token()));
+        let outcome = match run.await {
+            Ok(Ok(())) => "returned".to_owned(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) if e.is_panic() => format!("panicked: {e}"),
+            Err(e) => e.to_string(),
+        };
+        if sup.shutdown.is_cancelled() {
+            return;
+        }
+        if began.elapsed() >= sup.policy.healthy_after {
+            failures = 0;
+            backoff = sup.policy.backoff;
+        }
+        failures += 1;
+        sup.restarts.with_label_values(&[role]).inc();
+        if failures > sup.policy.max_restarts {
+            tracing::error!(role, failures, error = %outcome, "role keeps failing; giving up and shutting down");
+            sup.health.set(role, false);
+            sup.failed
+                .lock()
+                .expect("not poisoned")
+                .get_or_insert_with(|| {
+                    anyhow::anyhow!(
+                        "the {role} role failed {failures} times in a row; last: {outcome}"
+                    )
+                });
+            sup.shutdown.cancel();
+            return;
+        }
+        tracing::error!(role, failures, error = %outcome, "role stopped; restarting");
+        tokio::select! {
+            _ = sup.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
 }

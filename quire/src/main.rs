@@ -63,6 +63,10 @@ struct ServeArgs {
     /// Largest document, bytes.
     #[arg(long, env = "QUIRE_MAX_DOC_BYTES", default_value_t = 64 << 20)]
     max_doc_bytes: usize,
+    /// Largest record produced or stored, bytes (like Kafka's message.max.bytes):
+    /// an op whose applied record would be larger is refused with TOO_LARGE.
+    #[arg(long, env = "QUIRE_MAX_RECORD_BYTES", default_value_t = 1 << 20)]
+    max_record_bytes: usize,
     /// Ops per second per connection.
     #[arg(long, env = "QUIRE_OPS_PER_SEC", default_value_t = 200.0)]
     ops_per_sec: f64,
@@ -90,6 +94,12 @@ struct ServeArgs {
     /// Milliseconds of a document's history kept for transforming old bases (at least).
     #[arg(long, env = "QUIRE_WINDOW_MS", default_value_t = 600_000)]
     window_ms: i64,
+    /// Ops a document keeps for transforming old bases (at most, whatever their age).
+    #[arg(long, env = "QUIRE_WINDOW_MAX_OPS", default_value_t = 100_000)]
+    window_max_ops: usize,
+    /// Times a failing role is restarted in a row before the process exits non-zero.
+    #[arg(long, env = "QUIRE_MAX_RESTARTS", default_value_t = 5)]
+    max_restarts: u32,
     /// A document gets a snapshot every this many of its ops.
     #[arg(long, env = "QUIRE_SNAPSHOT_EVERY", default_value_t = 1000)]
     snapshot_every: u64,
@@ -118,6 +128,7 @@ impl ServeArgs {
             max_frame_bytes: self.max_frame_bytes,
             max_insert_bytes: self.max_insert_bytes,
             max_doc_bytes: self.max_doc_bytes,
+            max_record_bytes: self.max_record_bytes,
             ops_per_sec: self.ops_per_sec,
             ops_burst: self.ops_burst,
             presence_per_sec: self.presence_per_sec,
@@ -137,6 +148,7 @@ impl ServeArgs {
             window: WindowPolicy {
                 min_ops: self.window_ops,
                 min_age_ms: self.window_ms,
+                max_ops: self.window_max_ops,
             },
             snapshot_every: self.snapshot_every,
             doc_cache: self.doc_cache,
@@ -144,6 +156,10 @@ impl ServeArgs {
             retain_records: self.retain_records,
             truncate_every: Duration::from_millis(self.truncate_every_ms),
             grace: Duration::from_secs(5),
+            restarts: quire::RestartPolicy {
+                max_restarts: self.max_restarts,
+                ..Default::default()
+            },
         };
         config.validate()?;
         Ok(config)

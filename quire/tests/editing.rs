@@ -140,7 +140,7 @@ async fn resending_an_applied_op_gets_ack_dup_and_the_original_record() {
         client: "c1".into(),
         cseq: 1,
         base: 0,
-        op: Op::splice(0, 0, "x"),
+        op: Op::splice(0, 0, "x").into(),
     };
     c.send(&op).await.unwrap();
     let seq = match next_non_presence(&mut c).await {

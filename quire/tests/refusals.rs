@@ -173,7 +173,7 @@ async fn every_bad_websocket_input_gets_its_code_and_changes_nothing() {
         client: "evil".into(),
         cseq: 10,
         base: v,
-        op: Op::splice(0, 0, "1"),
+        op: Op::splice(0, 0, "1").into(),
     })
     .await
     .unwrap();
@@ -181,7 +181,7 @@ async fn every_bad_websocket_input_gets_its_code_and_changes_nothing() {
         client: "evil".into(),
         cseq: 11,
         base: v,
-        op: Op::splice(0, 0, "2"),
+        op: Op::splice(0, 0, "2").into(),
     })
     .await
     .unwrap();
@@ -220,7 +220,7 @@ async fn rate_limits_answer_with_retry_after() {
             client: "c".into(),
             cseq,
             base,
-            op: Op::splice(0, 0, "x"),
+            op: Op::splice(0, 0, "x").into(),
         })
         .await
         .unwrap();
@@ -230,7 +230,7 @@ async fn rate_limits_answer_with_retry_after() {
         client: "c".into(),
         cseq: 3,
         base: 0,
-        op: Op::splice(0, 0, "x"),
+        op: Op::splice(0, 0, "x").into(),
     })
     .await
     .unwrap();
@@ -443,7 +443,7 @@ async fn auth_tokens_roles_documents_and_client_binding() {
         client: "rita-1".into(),
         cseq: 1,
         base: r.version(),
-        op: Op::splice(0, 0, "x"),
+        op: Op::splice(0, 0, "x").into(),
     })
     .await
     .unwrap();
@@ -457,7 +457,7 @@ async fn auth_tokens_roles_documents_and_client_binding() {
         client: "alice-laptop".into(),
         cseq: 9,
         base: b.version(),
-        op: Op::splice(0, 0, "x"),
+        op: Op::splice(0, 0, "x").into(),
     })
     .await
     .unwrap();
@@ -569,7 +569,7 @@ async fn document_size_and_presence_rate_limits() {
         client: "c".into(),
         cseq: 1,
         base: 0,
-        op: Op::splice(0, 0, &"a".repeat(60)),
+        op: Op::splice(0, 0, &"a".repeat(60)).into(),
     })
     .await
     .unwrap();
@@ -581,7 +581,7 @@ async fn document_size_and_presence_rate_limits() {
         client: "c".into(),
         cseq: 2,
         base: v,
-        op: Op::splice(0, 0, "0123456789"),
+        op: Op::splice(0, 0, "0123456789").into(),
     })
     .await
     .unwrap();

@@ -73,6 +73,7 @@ impl Sim {
                 WindowPolicy {
                     min_ops: 3,
                     min_age_ms: 0,
+                    max_ops: 3,
                 }
             } else {
                 WindowPolicy::default()
@@ -250,7 +251,7 @@ impl Sim {
                 self.fan_docs[d]
                     .apply_record(&a)
                     .expect("fanout follows the transformer");
-                self.fan_docs[d].trim(self.cfg.window, a.ts);
+                self.fan_docs[d].trim(self.cfg.window);
                 self.deliver(d, None, ServerMsg::applied(&a));
             }
             OutRecord::Rejected(r) => {
@@ -365,18 +366,14 @@ impl Sim {
         for d in 0..self.docs.len() {
             let rebuilt = |upto: usize| {
                 let mut st = DocState::empty(&self.docs[d]);
-                let mut last_ts = None;
                 for rec in &self.applied_log[..upto] {
                     if let OutRecord::Applied(a) = rec {
                         if a.doc == self.docs[d] {
                             st.apply_record(a).expect("the applied log replays");
-                            last_ts = Some(a.ts);
                         }
                     }
                 }
-                if let Some(ts) = last_ts {
-                    st.trim(self.cfg.window, ts);
-                }
+                st.trim(self.cfg.window);
                 st
             };
             for (mine, upto, role) in [
@@ -552,7 +549,7 @@ fn simulation_catches_a_broken_transform() {
             _ => None,
         }) {
             let d = sim.docs.iter().position(|x| *x == a.doc).unwrap();
-            let raw = sim.raw_log[(a.seq - 1) as usize].op.clone();
+            let raw = sim.raw_log[(a.seq - 1) as usize].op.op().clone();
             naive[d] = ot::apply(&naive[d], &raw).unwrap_or_else(|_| naive[d].clone());
         }
         (0..sim.docs.len()).any(|d| naive[d] != sim.tx_docs[d].text)

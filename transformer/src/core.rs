@@ -1,4 +1,4 @@
-use document::{DocState, WindowPolicy};
+use document::{Dedup, DocState, WindowPolicy};
 use ot::Side;
 use protocol::{AppliedRecord, ErrorCode, RawRecord, RejectedRecord, RECORD_VERSION};
 
@@ -7,6 +7,8 @@ pub struct CoreConfig {
     pub window: WindowPolicy,
     pub max_doc_bytes: usize,
     pub max_insert_bytes: usize,
+    /// Largest applied record (JSON bytes) the transformer produces.
+    pub max_record_bytes: usize,
 }
 
 impl Default for CoreConfig {
@@ -16,6 +18,7 @@ impl Default for CoreConfig {
             window: WindowPolicy::default(),
             max_doc_bytes: limits.max_doc_bytes,
             max_insert_bytes: limits.max_insert_bytes,
+            max_record_bytes: limits.max_record_bytes,
         }
     }
 }
@@ -45,19 +48,25 @@ pub fn process(state: &mut DocState, raw: &RawRecord, seq: u64, cfg: &CoreConfig
             message,
         })
     };
-    if let Some(entry) = state.clients.get(&raw.client) {
-        if entry.user != raw.user {
+    // The same binding and duplicate check the gateway makes (SPEC §7).
+    match state.dedup_check(&raw.client, raw.cseq, &raw.user) {
+        Err(e) => return reject(e.code, e.message),
+        Ok(Dedup::Applied(r)) => return Outcome::Duplicate { seq: r.seq },
+        Ok(Dedup::Forgotten { seq: Some(seq) }) => return Outcome::Duplicate { seq },
+        // The gateway answers a resend of an archived op from the archive;
+        // below the client's latest, anything else was never applied.
+        Ok(Dedup::Forgotten { seq: None }) => {
             return reject(
-                ErrorCode::Forbidden,
-                format!("client id {} belongs to another user", raw.client),
-            );
+                ErrorCode::Protocol,
+                format!(
+                    "cseq {} of {} is below its latest op and is not in the window; use a new cseq",
+                    raw.cseq, raw.client
+                ),
+            )
         }
-        if raw.cseq <= entry.cseq {
-            // Only the client's latest op is remembered; an older cseq is a
-            // resend of something applied long ago.
-            let seq = if raw.cseq == entry.cseq { entry.seq } else { 0 };
-            return Outcome::Duplicate { seq };
-        }
+        Ok(Dedup::New) => {}
+    }
+    if let Some(entry) = state.clients.get(&raw.client) {
         if raw.base < entry.seq {
             return reject(
                 ErrorCode::Protocol,
@@ -77,12 +86,13 @@ pub fn process(state: &mut DocState, raw: &RawRecord, seq: u64, cfg: &CoreConfig
             ),
         );
     }
-    if raw.op.inserted_bytes() > cfg.max_insert_bytes {
+    let sent = raw.op.op();
+    if sent.inserted_bytes() > cfg.max_insert_bytes {
         return reject(
             ErrorCode::TooLarge,
             format!(
                 "op inserts {} bytes, the limit is {}",
-                raw.op.inserted_bytes(),
+                sent.inserted_bytes(),
                 cfg.max_insert_bytes
             ),
         );
@@ -97,18 +107,19 @@ pub fn process(state: &mut DocState, raw: &RawRecord, seq: u64, cfg: &CoreConfig
             ),
         );
     };
-    if raw.op.base_len() > len_at_base {
+    // Fit is judged on the op as sent, trailing retain included (SPEC §3).
+    if !raw.op.fits(len_at_base) {
         return reject(
             ErrorCode::InvalidOp,
             format!(
                 "op spans {} code points but the document had {} at version {}",
-                raw.op.base_len(),
+                raw.op.span(),
                 len_at_base,
                 raw.base
             ),
         );
     }
-    let mut op = raw.op.clone();
+    let mut op = sent.clone();
     for applied in later {
         op = ot::transform(&op, &applied.op, Side::Right);
     }
@@ -134,13 +145,38 @@ pub fn process(state: &mut DocState, raw: &RawRecord, seq: u64, cfg: &CoreConfig
         cseq: raw.cseq,
         base: raw.base,
         user: raw.user.clone(),
-        ts: raw.ts,
+        ts: state.stamp(raw.ts),
         op,
         del,
     };
+    if let Some(size) = oversized(&rec, cfg.max_record_bytes) {
+        // Undo: nothing changes for a refused op.
+        let undo = ot::invert(&rec.op, &rec.del).expect("the deleted text came from this op");
+        ot::apply_rope(&mut state.text, &undo).expect("an inverse fits the text it came from");
+        return reject(
+            ErrorCode::TooLarge,
+            format!(
+                "the applied record would be {size} bytes, over the {} byte limit: split the op (for example a large delete into several)",
+                cfg.max_record_bytes
+            ),
+        );
+    }
     state.push_applied(rec.clone());
-    state.trim(cfg.window, raw.ts);
+    state.trim(cfg.window);
     Outcome::Applied(rec)
+}
+
+/// The encoded size of `rec` when it is over `max`. JSON escaping at most
+/// sextuples a string's bytes, so small records are never encoded here.
+fn oversized(rec: &AppliedRecord, max: usize) -> Option<usize> {
+    let text: usize = rec.op.inserted_bytes() + rec.del.iter().map(String::len).sum::<usize>();
+    let bound =
+        6 * text + 8 * (rec.op.components().len() + rec.del.len()) + protocol::RECORD_OVERHEAD;
+    if bound <= max {
+        return None;
+    }
+    let size = protocol::OutRecord::Applied(rec.clone()).encode().len();
+    (size > max).then_some(size)
 }
 
 #[cfg(test)]
@@ -154,7 +190,7 @@ mod tests {
             client: client.into(),
             cseq,
             base,
-            op: serde_json_op(op),
+            op: serde_json_op(op).into(),
             user: "u".into(),
             ts: 1000,
         }
@@ -248,6 +284,7 @@ mod tests {
             window: WindowPolicy {
                 min_ops: 2,
                 min_age_ms: 0,
+                max_ops: 2,
             },
             ..CoreConfig::default()
         };
@@ -260,5 +297,54 @@ mod tests {
             ErrorCode::StaleBase
         );
         applied(process(&mut s, &raw("b", 1, 3, "y"), 7, &cfg));
+    }
+
+    fn sent(json: &str) -> ot::SentOp {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn an_op_that_does_not_fit_as_sent_is_refused() {
+        let cfg = CoreConfig::default();
+        let mut s = DocState::empty("d");
+        // [100] on an empty document normalises to nothing, but it claims
+        // 100 code points: INVALID_OP, and the version does not move.
+        let mut r = raw("a", 1, 0, "");
+        r.op = sent("[100]");
+        assert_eq!(code(process(&mut s, &r, 1, &cfg)), ErrorCode::InvalidOp);
+        assert_eq!(s.version, 0);
+        applied(process(&mut s, &raw("a", 1, 0, "abc"), 2, &cfg));
+        // At its base, [1,"x",3] spans 4 > 3; [1,"x",2] fits, even after
+        // a concurrent op grew the document.
+        applied(process(&mut s, &raw("b", 1, 2, "0,zz"), 3, &cfg));
+        let mut r = raw("c", 1, 2, "");
+        r.op = sent(r#"[1,"x",3]"#);
+        assert_eq!(code(process(&mut s, &r, 4, &cfg)), ErrorCode::InvalidOp);
+        r.op = sent(r#"[1,"x",2]"#);
+        let a = applied(process(&mut s, &r, 5, &cfg));
+        assert_eq!(s.text.to_string(), "zzaxbc");
+        assert_eq!(serde_json::to_string(&a.op).unwrap(), r#"[3,"x"]"#);
+    }
+
+    #[test]
+    fn an_oversized_applied_record_is_refused_and_changes_nothing() {
+        let cfg = CoreConfig {
+            max_record_bytes: 64 << 10,
+            ..CoreConfig::default()
+        };
+        let mut s = DocState::empty("d");
+        let big = "y".repeat(40 << 10);
+        applied(process(&mut s, &raw("a", 1, 0, &big), 1, &cfg));
+        applied(process(&mut s, &raw("a", 2, 1, &big), 2, &cfg));
+        let before = (s.version, s.text.to_string(), s.window.len());
+        // Deleting 80 KiB would put 80 KiB of deleted text in the record.
+        let all = format!("-{}", 80 << 10);
+        let refused = process(&mut s, &raw("b", 1, 2, &all), 3, &cfg);
+        assert_eq!(code(refused), ErrorCode::TooLarge);
+        assert_eq!((s.version, s.text.to_string(), s.window.len()), before);
+        // Half of it fits.
+        let half = format!("-{}", 40 << 10);
+        let a = applied(process(&mut s, &raw("b", 2, 2, &half), 4, &cfg));
+        assert!(protocol::OutRecord::Applied(a).encode().len() <= 64 << 10);
     }
 }

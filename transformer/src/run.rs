@@ -40,6 +40,8 @@ pub enum TransformerError {
     Log(#[from] LogError),
     #[error("loading a document: {0}")]
     Load(#[from] LoadError),
+    #[error("a partition task panicked: {0}")]
+    Panicked(String),
     #[error("{ops} has {a} partitions but {applied} has {b}: they must match")]
     PartitionCounts {
         ops: String,
@@ -111,40 +113,54 @@ pub async fn run(
         });
     }
     let config = Arc::new(config);
+    // One task per partition; the first to fail stops the others and the
+    // role returns its error (its supervisor restarts it from the log).
+    let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
     for p in 0..a {
-        let (config, log, store, metrics, shutdown) = (
+        let (config, log, store, metrics, stop) = (
             config.clone(),
             log.clone(),
             store.clone(),
             metrics.clone(),
-            shutdown.clone(),
+            stop.clone(),
         );
         let span = tracing::info_span!("transformer", partition = p);
         tasks.spawn(
             async move {
-            let docs = DocCache::new(config.max_docs);
-            let mut part = PartitionWorker { p, config, log, store, metrics, docs };
-            // A failing partition backs off and starts again from the log;
-            // it never skips a record.
-            loop {
-                match part.run(&shutdown).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::error!(partition = p, error = %e, "transformer partition failed; restarting from the log");
-                        part.docs.clear();
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        }
-                    }
-                }
+                let docs = DocCache::new(config.max_docs);
+                let mut part = PartitionWorker {
+                    p,
+                    config,
+                    log,
+                    store,
+                    metrics,
+                    docs,
+                };
+                part.run(&stop).await
             }
-        }
             .instrument(span),
         );
     }
-    while tasks.join_next().await.is_some() {}
+    first_failure(tasks, &stop).await
+}
+
+/// Waits for every partition task; on the first failure cancels the rest
+/// and returns it.
+async fn first_failure(
+    mut tasks: JoinSet<Result<(), TransformerError>>,
+    stop: &CancellationToken,
+) -> Result<(), TransformerError> {
+    while let Some(done) = tasks.join_next().await {
+        let failed = match done {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => TransformerError::Panicked(e.to_string()),
+        };
+        stop.cancel();
+        tasks.shutdown().await;
+        return Err(failed);
+    }
     Ok(())
 }
 
