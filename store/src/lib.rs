@@ -3,16 +3,25 @@
 //! [`EmbeddedStore`] keeps both in a redb file for `quire serve`; a ScyllaDB
 //! backend implements the same trait with the keyspace of SPEC §10.
 
+pub mod conformance;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use protocol::{decode_out_record, AppliedRecord, OutRecord, Snapshot};
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 /// `(doc, seq) -> applied record (JSON, as on the topic)`
 const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
-/// `(doc, seq) -> snapshot (JSON)`
-const SNAPSHOTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("snapshots");
+/// `(doc, client, cseq) -> seq`: finds an archived op by its id.
+const OP_IDS: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("op_ids");
+/// `(doc, seq, chunk) -> part of the snapshot's JSON`. Snapshots of large
+/// documents are split so no row is larger than [`SNAPSHOT_CHUNK`].
+const SNAPSHOT_CHUNKS: TableDefinition<(&str, u64, u32), &[u8]> =
+    TableDefinition::new("snapshot_chunks");
+
+/// Largest stored row of a snapshot, bytes.
+pub const SNAPSHOT_CHUNK: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +57,9 @@ pub trait Store: Send + Sync + 'static {
     async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<()>;
     /// The snapshot with the highest `seq <= at` (`u64::MAX`: the latest).
     async fn snapshot_at_or_before(&self, doc: &str, at: u64) -> Result<Option<Snapshot>>;
+    /// The archived op `(client, cseq)` of `doc`, found through an index
+    /// (never a scan of the document's history).
+    async fn find_op(&self, doc: &str, client: &str, cseq: u64) -> Result<Option<AppliedRecord>>;
     async fn ping(&self) -> Result<()>;
 }
 
@@ -61,8 +73,21 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir).map_err(storage)?;
         let db = Database::create(dir.join("store.redb")).map_err(storage)?;
         let w = db.begin_write().map_err(storage)?;
-        w.open_table(HISTORY).map_err(storage)?;
-        w.open_table(SNAPSHOTS).map_err(storage)?;
+        {
+            let history = w.open_table(HISTORY).map_err(storage)?;
+            let mut ids = w.open_table(OP_IDS).map_err(storage)?;
+            w.open_table(SNAPSHOT_CHUNKS).map_err(storage)?;
+            // A store written before the index existed gets it built once.
+            if ids.is_empty().map_err(storage)? && !history.is_empty().map_err(storage)? {
+                for item in history.iter().map_err(storage)? {
+                    let (k, v) = item.map_err(storage)?;
+                    let (doc, seq) = k.value();
+                    let r = Self::decode(doc, seq, v.value())?;
+                    ids.insert((doc, r.client.as_str(), r.cseq), seq)
+                        .map_err(storage)?;
+                }
+            }
+        }
         w.commit().map_err(storage)?;
         Ok(EmbeddedStore { db: Arc::new(db) })
     }
@@ -78,6 +103,21 @@ impl EmbeddedStore {
             let w = db.begin_write().map_err(storage)?;
             fill(&w)?;
             w.commit().map_err(storage)
+        })
+        .await
+        .map_err(storage)?
+    }
+
+    /// A read transaction on a blocking thread: a read that misses redb's
+    /// cache waits for the disk, and must not hold up an async worker.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = db.begin_read().map_err(storage)?;
+            f(&r)
         })
         .await
         .map_err(storage)?
@@ -106,14 +146,17 @@ impl Store for EmbeddedStore {
         if records.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(String, u64, Vec<u8>)> = records
+        let rows: Vec<(String, u64, String, u64, Vec<u8>)> = records
             .iter()
-            .map(|r| (r.doc.clone(), r.seq, r.encode()))
+            .map(|r| (r.doc.clone(), r.seq, r.client.clone(), r.cseq, r.encode()))
             .collect();
         self.write(move |w| {
             let mut t = w.open_table(HISTORY).map_err(storage)?;
-            for (doc, seq, bytes) in &rows {
+            let mut ids = w.open_table(OP_IDS).map_err(storage)?;
+            for (doc, seq, client, cseq, bytes) in &rows {
                 t.insert((doc.as_str(), *seq), bytes.as_slice())
+                    .map_err(storage)?;
+                ids.insert((doc.as_str(), client.as_str(), *cseq), *seq)
                     .map_err(storage)?;
             }
             Ok(())
@@ -122,21 +165,24 @@ impl Store for EmbeddedStore {
     }
 
     async fn history(&self, doc: &str, after: u64, limit: usize) -> Result<Vec<AppliedRecord>> {
-        let r = self.db.begin_read().map_err(storage)?;
-        let t = r.open_table(HISTORY).map_err(storage)?;
-        let mut out = Vec::new();
         if after == u64::MAX {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        for item in t
-            .range((doc, after + 1)..=(doc, u64::MAX))
-            .map_err(storage)?
-            .take(limit)
-        {
-            let (k, v) = item.map_err(storage)?;
-            out.push(Self::decode(doc, k.value().1, v.value())?);
-        }
-        Ok(out)
+        let doc = doc.to_owned();
+        self.read(move |r| {
+            let t = r.open_table(HISTORY).map_err(storage)?;
+            let mut out = Vec::new();
+            for item in t
+                .range((doc.as_str(), after + 1)..=(doc.as_str(), u64::MAX))
+                .map_err(storage)?
+                .take(limit)
+            {
+                let (k, v) = item.map_err(storage)?;
+                out.push(Self::decode(&doc, k.value().1, v.value())?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn history_before(
@@ -145,56 +191,101 @@ impl Store for EmbeddedStore {
         before: u64,
         limit: usize,
     ) -> Result<Vec<AppliedRecord>> {
-        let r = self.db.begin_read().map_err(storage)?;
-        let t = r.open_table(HISTORY).map_err(storage)?;
-        let mut out = Vec::new();
-        for item in t
-            .range((doc, 0)..(doc, before))
-            .map_err(storage)?
-            .rev()
-            .take(limit)
-        {
-            let (k, v) = item.map_err(storage)?;
-            out.push(Self::decode(doc, k.value().1, v.value())?);
-        }
-        out.reverse();
-        Ok(out)
+        let doc = doc.to_owned();
+        self.read(move |r| {
+            let t = r.open_table(HISTORY).map_err(storage)?;
+            let mut out = Vec::new();
+            for item in t
+                .range((doc.as_str(), 0)..(doc.as_str(), before))
+                .map_err(storage)?
+                .rev()
+                .take(limit)
+            {
+                let (k, v) = item.map_err(storage)?;
+                out.push(Self::decode(&doc, k.value().1, v.value())?);
+            }
+            out.reverse();
+            Ok(out)
+        })
+        .await
     }
 
     async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
         let bytes = serde_json::to_vec(snapshot).map_err(storage)?;
         let (doc, seq) = (snapshot.doc.clone(), snapshot.seq);
         self.write(move |w| {
-            let mut t = w.open_table(SNAPSHOTS).map_err(storage)?;
-            t.insert((doc.as_str(), seq), bytes.as_slice())
-                .map_err(storage)?;
+            let mut t = w.open_table(SNAPSHOT_CHUNKS).map_err(storage)?;
+            // A rewrite of the same snapshot may have had more chunks.
+            t.retain_in(
+                (doc.as_str(), seq, 0)..=(doc.as_str(), seq, u32::MAX),
+                |_, _| false,
+            )
+            .map_err(storage)?;
+            for (i, chunk) in bytes.chunks(SNAPSHOT_CHUNK).enumerate() {
+                t.insert((doc.as_str(), seq, i as u32), chunk)
+                    .map_err(storage)?;
+            }
             Ok(())
         })
         .await
     }
 
     async fn snapshot_at_or_before(&self, doc: &str, at: u64) -> Result<Option<Snapshot>> {
-        let r = self.db.begin_read().map_err(storage)?;
-        let t = r.open_table(SNAPSHOTS).map_err(storage)?;
-        let mut range = t.range((doc, 0)..=(doc, at)).map_err(storage)?;
-        match range.next_back() {
-            None => Ok(None),
-            Some(item) => {
-                let (k, v) = item.map_err(storage)?;
-                serde_json::from_slice(v.value())
-                    .map(Some)
-                    .map_err(|e| StoreError::Corrupt {
-                        doc: doc.into(),
-                        seq: k.value().1,
-                        reason: e.to_string(),
-                    })
+        let doc = doc.to_owned();
+        self.read(move |r| {
+            let t = r.open_table(SNAPSHOT_CHUNKS).map_err(storage)?;
+            let newest = t
+                .range((doc.as_str(), 0, 0)..=(doc.as_str(), at, u32::MAX))
+                .map_err(storage)?
+                .next_back();
+            let seq = match newest {
+                None => return Ok(None),
+                Some(item) => item.map_err(storage)?.0.value().1,
+            };
+            let mut bytes = Vec::new();
+            for item in t
+                .range((doc.as_str(), seq, 0)..=(doc.as_str(), seq, u32::MAX))
+                .map_err(storage)?
+            {
+                bytes.extend_from_slice(item.map_err(storage)?.1.value());
             }
-        }
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    doc: doc.clone(),
+                    seq,
+                    reason: e.to_string(),
+                })
+        })
+        .await
+    }
+
+    async fn find_op(&self, doc: &str, client: &str, cseq: u64) -> Result<Option<AppliedRecord>> {
+        let (doc, client) = (doc.to_owned(), client.to_owned());
+        self.read(move |r| {
+            let ids = r.open_table(OP_IDS).map_err(storage)?;
+            let Some(seq) = ids
+                .get((doc.as_str(), client.as_str(), cseq))
+                .map_err(storage)?
+                .map(|g| g.value())
+            else {
+                return Ok(None);
+            };
+            let t = r.open_table(HISTORY).map_err(storage)?;
+            match t.get((doc.as_str(), seq)).map_err(storage)? {
+                Some(v) => Self::decode(&doc, seq, v.value()).map(Some),
+                None => Err(StoreError::Corrupt {
+                    doc: doc.clone(),
+                    seq,
+                    reason: format!("indexed op {client}/{cseq} has no history row"),
+                }),
+            }
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<()> {
-        self.db.begin_read().map_err(storage)?;
-        Ok(())
+        self.read(|_| Ok(())).await
     }
 }
 
@@ -202,67 +293,30 @@ impl Store for EmbeddedStore {
 mod tests {
     use super::*;
 
-    fn rec(doc: &str, seq: u64) -> AppliedRecord {
-        AppliedRecord {
-            v: 1,
-            doc: doc.into(),
-            seq,
-            prev: seq.saturating_sub(1),
-            client: "c".into(),
-            cseq: seq,
-            base: 0,
-            user: "u".into(),
-            ts: 0,
-            op: ot::Op::splice(0, 0, "x"),
-            del: vec![],
-        }
+    #[tokio::test]
+    async fn embedded_store_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        conformance::check(&s).await;
     }
 
     #[tokio::test]
-    async fn history_and_snapshots() {
+    async fn the_op_index_is_built_for_an_older_store() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EmbeddedStore::open(dir.path()).unwrap();
-        let rows: Vec<_> = [2, 5, 9, 12].iter().map(|&q| rec("d", q)).collect();
-        s.put_history(&rows).await.unwrap();
-        s.put_history(&[rec("d2", 3)]).await.unwrap();
-        s.put_history(&rows[..1]).await.unwrap(); // idempotent
-        let seqs = |v: Vec<AppliedRecord>| v.iter().map(|r| r.seq).collect::<Vec<_>>();
-        assert_eq!(seqs(s.history("d", 0, 10).await.unwrap()), [2, 5, 9, 12]);
-        assert_eq!(seqs(s.history("d", 5, 2).await.unwrap()), [9, 12]);
-        assert_eq!(seqs(s.history_before("d", 12, 2).await.unwrap()), [5, 9]);
-        assert_eq!(seqs(s.history("d2", 0, 10).await.unwrap()), [3]);
-        assert!(s
-            .snapshot_at_or_before("d", u64::MAX)
-            .await
-            .unwrap()
-            .is_none());
-        for seq in [5, 12] {
-            s.put_snapshot(&Snapshot {
-                doc: "d".into(),
-                seq,
-                text: format!("t{seq}"),
-                clients: vec![],
-            })
-            .await
-            .unwrap();
-        }
-        assert_eq!(
-            s.snapshot_at_or_before("d", u64::MAX)
+        {
+            let s = EmbeddedStore::open(dir.path()).unwrap();
+            s.put_history(&[conformance::record("d", 4, "c", 2)])
                 .await
-                .unwrap()
-                .unwrap()
-                .seq,
-            12
-        );
+                .unwrap();
+            // Forget the index, as a store from before it would lack it.
+            let w = s.db.begin_write().unwrap();
+            w.delete_table(OP_IDS).unwrap();
+            w.commit().unwrap();
+        }
+        let s = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(
-            s.snapshot_at_or_before("d", 11).await.unwrap().unwrap().seq,
-            5
+            s.find_op("d", "c", 2).await.unwrap().map(|r| r.seq),
+            Some(4)
         );
-        assert!(s.snapshot_at_or_before("d", 4).await.unwrap().is_none());
-        assert!(s
-            .snapshot_at_or_before("d2", u64::MAX)
-            .await
-            .unwrap()
-            .is_none());
     }
 }
