@@ -112,6 +112,10 @@ impl EmbeddedLog {
             {
                 w.open_table(RECORDS).map_err(storage)?;
                 w.open_table(GROUPS).map_err(storage)?;
+                // Producer state serves retries within one producer's
+                // session; this process starts a new producer, so the rows
+                // of earlier ones are dropped instead of piling up.
+                w.delete_table(PRODUCERS).map_err(storage)?;
                 w.open_table(PRODUCERS).map_err(storage)?;
                 let mut parts = w.open_table(PARTS).map_err(storage)?;
                 for (topic, count) in &config.topics {
@@ -371,21 +375,29 @@ impl OpLog for EmbeddedLog {
         if end <= from {
             return Ok(Vec::new());
         }
-        let r = self.inner.db.begin_read().map_err(storage)?;
-        let t = r.open_table(RECORDS).map_err(storage)?;
-        let mut out = Vec::with_capacity((end - from) as usize);
-        for item in t
-            .range((topic, partition, from)..(topic, partition, end))
-            .map_err(storage)?
-        {
-            let (k, v) = item.map_err(storage)?;
-            let (key, value) = v.value();
-            out.push(Record {
-                offset: k.value().2,
-                key: key.to_owned(),
-                value: value.to_vec(),
-            });
-        }
+        // The read runs on a blocking thread: a page that misses redb's
+        // cache waits for the disk, and must not hold up an async worker.
+        let (db, name) = (self.inner.db.clone(), topic.to_owned());
+        let out = tokio::task::spawn_blocking(move || -> Result<Vec<Record>> {
+            let r = db.begin_read().map_err(storage)?;
+            let t = r.open_table(RECORDS).map_err(storage)?;
+            let mut out = Vec::with_capacity((end - from) as usize);
+            for item in t
+                .range((name.as_str(), partition, from)..(name.as_str(), partition, end))
+                .map_err(storage)?
+            {
+                let (k, v) = item.map_err(storage)?;
+                let (key, value) = v.value();
+                out.push(Record {
+                    offset: k.value().2,
+                    key: key.to_owned(),
+                    value: value.to_vec(),
+                });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(storage)??;
         // DeleteRecords may have raced this read; Kafka would refuse it too.
         check_start(part, topic, partition, from)?;
         Ok(out)
@@ -620,6 +632,37 @@ fn writer(
         }
         for reply in replies {
             reply(err.as_deref());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableTableMetadata;
+
+    #[tokio::test]
+    async fn producer_rows_do_not_pile_up_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || EmbeddedLogConfig {
+            dir: dir.path().to_owned(),
+            topics: vec![("t".into(), 2)],
+        };
+        for round in 0..4 {
+            let log = EmbeddedLog::open(config()).unwrap();
+            log.produce(
+                "t",
+                vec![("a".into(), b"x".to_vec()), ("b".into(), b"y".to_vec())],
+            )
+            .await
+            .unwrap();
+            let r = log.inner.db.begin_read().unwrap();
+            let rows = r.open_table(PRODUCERS).unwrap().len().unwrap();
+            assert!(rows <= 2, "round {round}: {rows} producer rows");
+            drop(r);
+            drop(log);
+            // The writer thread lets go of the file when the log is dropped.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
