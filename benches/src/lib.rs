@@ -1,4 +1,5 @@
-//! Loads the shared editing traces as Quire ops, for the benchmarks.
+//! Loads the editing traces in `testdata/traces/` as Quire ops, for the
+//! benchmarks.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -25,13 +26,9 @@ pub struct Loaded {
     pub end: String,
 }
 
+/// `testdata/traces/sequential_traces` at the repository root.
 pub fn traces_dir() -> PathBuf {
-    // `../shared` beside the repository, or `$QUIRE_SHARED` when set.
-    let shared = match std::env::var_os("QUIRE_SHARED") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    };
-    shared.join("traces/sequential_traces")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/traces/sequential_traces")
 }
 
 pub fn load(name: &str) -> Loaded {

@@ -1,5 +1,6 @@
-//! Replays every sequential editing trace in `../shared/traces/` through the
-//! OT core and checks the final text equals the trace's `endContent`.
+//! Replays every sequential editing trace in `testdata/traces/` (at the
+//! repository root) through the OT core and checks the final text equals the
+//! trace's `endContent`.
 
 use std::io::Read;
 
@@ -21,9 +22,9 @@ struct Txn {
 
 fn traces() -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    let root = shared_dir().join("traces/sequential_traces");
+    let root = traces_dir();
     for dir in [root.clone(), root.join("ascii_only")] {
-        for e in std::fs::read_dir(&dir).unwrap() {
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "gz") {
                 out.push(p);
@@ -34,12 +35,9 @@ fn traces() -> Vec<std::path::PathBuf> {
     out
 }
 
-/// `../shared` beside the repository, or `$QUIRE_SHARED` when set.
-fn shared_dir() -> std::path::PathBuf {
-    match std::env::var_os("QUIRE_SHARED") {
-        Some(dir) => dir.into(),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    }
+/// `testdata/traces/sequential_traces` at the repository root.
+fn traces_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/traces/sequential_traces")
 }
 
 fn load(p: &std::path::Path) -> Trace {
@@ -55,7 +53,7 @@ fn replay_every_sequential_trace() {
     let paths = traces();
     assert!(
         paths.len() >= 10,
-        "expected the shared traces, found {paths:?}"
+        "expected the traces in testdata/, found {paths:?}"
     );
     for p in paths {
         let t = load(&p);

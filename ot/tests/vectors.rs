@@ -1,18 +1,12 @@
-//! Every reference case in `../shared/vectors/ot.ndjson` must be reproduced exactly.
+//! Every reference case in `tests/data/vectors/ot.ndjson` must be reproduced exactly.
 
 use ot::{apply, compose, invert, transform, Op, Side};
 use serde_json::Value;
 
+/// The reference vectors, copied into the repository from `../shared/vectors/`
+/// (see `tests/data/vectors/README.md`).
 fn vectors_path() -> std::path::PathBuf {
-    shared_dir().join("vectors/ot.ndjson")
-}
-
-/// `../shared` beside the repository, or `$QUIRE_SHARED` when set.
-fn shared_dir() -> std::path::PathBuf {
-    match std::env::var_os("QUIRE_SHARED") {
-        Some(dir) => dir.into(),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vectors/ot.ndjson")
 }
 
 fn op(v: &Value) -> Op {
@@ -24,7 +18,7 @@ fn op_json(o: &Op) -> Value {
 }
 
 #[test]
-fn shared_vectors() {
+fn reference_vectors() {
     let path = vectors_path();
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
