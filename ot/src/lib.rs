@@ -9,10 +9,8 @@
 //! only errors are "this op does not fit this document" and malformed input.
 
 mod op;
-mod rng;
 
 pub use op::{
     apply, apply_rope, apply_with_deleted, compose, invert, transform, transform_cursor, Component,
     Op, OtError, SentOp, Side,
 };
-pub use rng::SplitMix64;

@@ -2,8 +2,8 @@
 //! value or a coded error, never a panic. Rerun one seed with
 //! `QUIRE_SEED=<seed>`.
 
-use ot::SplitMix64;
 use protocol::{decode_out_record, decode_raw_record, ClientMsg, ErrorCode, ServerMsg};
+use testkit::SplitMix64;
 
 const SEEDS: &[&str] = &[
     r#"{"type":"hello","client":"c1","since":4}"#,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use client::{Client, CoreEvent};
 use common::{random_edit, Server};
-use ot::SplitMix64;
+use testkit::SplitMix64;
 
 const T: Duration = Duration::from_secs(30);
 

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use client::{Client, CoreEvent};
 use common::{random_edit, Server};
-use ot::{Op, SplitMix64};
+use ot::Op;
 use protocol::{ClientMsg, ErrorCode, ServerMsg};
+use testkit::SplitMix64;
 use tokio::time::Instant;
 
 const T: Duration = Duration::from_secs(30);

@@ -15,8 +15,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use client::{ClientCore, CoreEvent};
 use document::{DocState, WindowPolicy};
 use fanout::{dedup_check, join_messages, Dedup};
-use ot::{Op, SplitMix64};
+use ot::Op;
 use protocol::{AppliedRecord, ClientMsg, ErrorCode, OutRecord, RawRecord, ServerMsg};
+use testkit::SplitMix64;
 use transformer::{process, CoreConfig, Outcome};
 
 struct Conn {

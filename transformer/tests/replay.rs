@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use document::{load, DocState, Sources, Topics, WindowPolicy};
 use oplog::{EmbeddedLog, EmbeddedLogConfig, OpLog};
-use ot::{Op, SplitMix64};
+use ot::Op;
 use protocol::{OutRecord, RawRecord};
 use store::{EmbeddedStore, Store};
+use testkit::SplitMix64;
 use transformer::{process, CoreConfig, Outcome};
 
 const DOC: &str = "replayed";

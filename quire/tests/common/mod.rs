@@ -182,7 +182,7 @@ pub fn token(secret: &str, sub: &str, docs: &[&str], role: &str, exp_from_now: i
 }
 
 /// A tiny seeded PRNG for tests.
-pub fn random_edit(r: &mut ot::SplitMix64, text: &str) -> ot::Op {
+pub fn random_edit(r: &mut testkit::SplitMix64, text: &str) -> ot::Op {
     let len = text.chars().count();
     let pos = r.below(len as u64 + 1) as usize;
     if len > 0 && r.chance(1, 3) {
