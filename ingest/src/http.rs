@@ -1,92 +1,26 @@
+//! The HTTP API (SPEC §6): reads, history, op submission, health, metrics.
+
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use fanout::{Fanout, FanoutError, Waited};
 use ot::SentOp;
-use prometheus::{Encoder, Registry, TextEncoder};
-use protocol::{validate_doc_id, ClientMsg, ErrorCode, OutRecord, ProtoError, ServerMsg};
+use prometheus::{Encoder, TextEncoder};
+use protocol::{ClientMsg, ErrorCode, OutRecord, ProtoError};
 use serde_json::json;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
-use crate::{Auth, Health, Ingest, Principal};
-
-/// Everything the front door needs. Cheap to clone.
-#[derive(Clone)]
-pub struct Gateway {
-    pub auth: Auth,
-    pub ingest: Ingest,
-    pub fanout: Fanout,
-    pub registry: Registry,
-    /// The roles of this process, for `/readyz`.
-    pub health: Health,
-    pub shutdown: CancellationToken,
-    /// How long `POST …/ops` waits for the op to be applied.
-    pub post_timeout: Duration,
-    /// Permits for open WebSocket connections and pending HTTP submissions.
-    pub connections: Arc<Semaphore>,
-    pub pending_posts: Arc<Semaphore>,
-}
-
-impl Gateway {
-    pub fn new(
-        auth: Auth,
-        ingest: Ingest,
-        fanout: Fanout,
-        registry: Registry,
-        health: Health,
-        shutdown: CancellationToken,
-    ) -> Gateway {
-        let limits = ingest.limits().clone();
-        Gateway {
-            auth,
-            ingest,
-            fanout,
-            registry,
-            health,
-            shutdown,
-            post_timeout: Duration::from_millis(limits.post_timeout_ms),
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
-            pending_posts: Arc::new(Semaphore::new(limits.max_pending_posts)),
-        }
-    }
-}
-
-pub(crate) fn overloaded(what: &str) -> ProtoError {
-    ProtoError::new(
-        ErrorCode::Overloaded,
-        format!("too many {what}; retry later"),
-    )
-}
-
-/// Frames and bodies are read up to this many times the configured limit,
-/// so that oversized input gets a TOO_LARGE answer rather than a cut
-/// connection; beyond it the transport gives up.
-pub const HARD_LIMIT_FACTOR: usize = 16;
-
-/// Bytes read from a WebSocket per read call.
-const READ_BUFFER: usize = 8 << 10;
-
-/// Maximum page of `GET …/ops`.
-pub const MAX_PAGE: usize = 2000;
+use crate::feed::Waited;
+use crate::gateway::{error_response, op_error_response, overloaded, Gateway, MAX_PAGE};
 
 pub fn router(gw: Gateway) -> Router {
-    // Bodies up to HARD_LIMIT_FACTOR x the limit are read so the answer can
-    // say how large is too large; past that reading stops (still TOO_LARGE).
-    let hard_limit = gw
-        .ingest
-        .limits()
-        .max_frame_bytes
-        .saturating_mul(HARD_LIMIT_FACTOR);
+    // Bodies are read up to the limit and no further: past it the body
+    // extractor stops and the answer is TOO_LARGE.
+    let max_body = gw.ingest.limits().max_frame_bytes;
     Router::new()
         .route("/", get(editor_page))
         .route("/d/{doc}", get(editor_page))
@@ -99,97 +33,8 @@ pub fn router(gw: Gateway) -> Router {
         .fallback(|| async {
             error_response(&ProtoError::new(ErrorCode::NotFound, "no such route"))
         })
-        .layer(DefaultBodyLimit::max(hard_limit))
+        .layer(DefaultBodyLimit::max(max_body))
         .with_state(gw)
-}
-
-pub(crate) fn error_response(e: &ProtoError) -> Response {
-    error_body(e, ServerMsg::error(e))
-}
-
-/// An op's refusal (the body names the op).
-fn op_error_response(e: &ProtoError, client: &str, cseq: u64) -> Response {
-    error_body(e, ServerMsg::op_error(e, client, cseq))
-}
-
-/// The status for the code; RATE_LIMITED and OVERLOADED also get `Retry-After`.
-fn error_body(e: &ProtoError, msg: ServerMsg) -> Response {
-    let status =
-        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let retry = match &msg {
-        ServerMsg::Error {
-            retry_after_ms: Some(ms),
-            ..
-        } => Some(ms.div_ceil(1000).max(1)),
-        _ => None,
-    };
-    let mut resp = (status, Json(serde_json::to_value(msg).expect("serialises"))).into_response();
-    if let Some(secs) = retry {
-        resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
-    }
-    resp
-}
-
-pub(crate) fn fanout_error(e: FanoutError) -> ProtoError {
-    match e {
-        FanoutError::Refused(p) => p,
-        other => {
-            tracing::error!(error = %other, "backend error");
-            ProtoError::new(
-                ErrorCode::Overloaded,
-                format!("backend unavailable: {other}"),
-            )
-        }
-    }
-}
-
-/// The bearer token from the `Authorization` header or `?token=`.
-pub(crate) fn token<'a>(
-    headers: &'a HeaderMap,
-    query: &'a HashMap<String, String>,
-) -> Option<&'a str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .or_else(|| query.get("token").map(String::as_str))
-}
-
-impl Gateway {
-    /// Authentication, doc id and document grant, in that order.
-    pub(crate) fn admit(
-        &self,
-        doc: &str,
-        headers: &HeaderMap,
-        query: &HashMap<String, String>,
-    ) -> Result<Principal, ProtoError> {
-        let who = self.auth.authenticate(token(headers, query))?;
-        validate_doc_id(doc)?;
-        who.check_doc(doc)?;
-        Ok(who)
-    }
-
-    fn count(&self, e: &ProtoError) {
-        self.ingest
-            .metrics()
-            .errors
-            .with_label_values(&[e.code.as_str()])
-            .inc();
-    }
-
-    /// The error as an HTTP response, counted in the metrics.
-    fn refuse(&self, e: &ProtoError) -> Response {
-        self.count(e);
-        error_response(e)
-    }
-
-    fn respond(&self, result: Result<Response, ProtoError>) -> Response {
-        result.unwrap_or_else(|e| self.refuse(&e))
-    }
 }
 
 fn parse_u64(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, ProtoError> {
@@ -213,7 +58,7 @@ async fn get_doc(
     let result = async {
         gw.admit(&doc, &headers, &query)?;
         let at = parse_u64(&query, "at")?;
-        let (seq, text) = gw.fanout.read(&doc, at).await.map_err(fanout_error)?;
+        let (seq, text) = gw.feed.read(&doc, at).await?;
         Ok::<_, ProtoError>(Json(json!({ "doc": doc, "seq": seq, "text": text })).into_response())
     }
     .await;
@@ -239,11 +84,7 @@ async fn get_ops(
                 "limit must be at least 1",
             ));
         }
-        let ops = gw
-            .fanout
-            .history(&doc, after, limit as usize)
-            .await
-            .map_err(fanout_error)?;
+        let ops = gw.feed.history(&doc, after, limit as usize).await?;
         // `next` is the `after` of the following page; null once this page
         // was not full (the history ends here for now).
         let next = if ops.len() as u64 == limit {
@@ -328,17 +169,21 @@ async fn post_op(
         return fail(e);
     }
     // Binding and duplicate checks come before anything else about the op.
-    let rx = match gw.fanout.wait_for(&doc, &client, cseq, &who.user).await {
+    let rx = match gw
+        .feed
+        .wait_for(&doc, &client, cseq, req.base, &who.user)
+        .await
+    {
         Ok(Waited::AlreadyApplied(r)) => return Json(OutRecord::Applied(*r)).into_response(),
         Ok(Waited::Pending(rx)) => rx,
-        Err(e) => return fail(fanout_error(e)),
+        Err(e) => return fail(e),
     };
     if let Err(e) = gw
         .ingest
         .submit(&doc, &who.user, &client, cseq, req.base, req.op)
         .await
     {
-        gw.fanout.forget_waiter(&doc, &client, cseq).await;
+        gw.feed.forget_waiter(&doc, &client, cseq).await;
         return fail(e);
     }
     let outcome = tokio::time::timeout(gw.post_timeout, rx).await;
@@ -346,7 +191,7 @@ async fn post_op(
         Ok(Ok(OutRecord::Applied(a))) => Json(OutRecord::Applied(a)).into_response(),
         Ok(Ok(OutRecord::Rejected(r))) => fail(ProtoError::new(r.code, r.message)),
         Ok(Err(_)) | Err(_) => {
-            gw.fanout.forget_waiter(&doc, &client, cseq).await;
+            gw.feed.forget_waiter(&doc, &client, cseq).await;
             // The op is in the log and will be applied (or refused); a
             // resend with the same cseq answers with its record.
             fail(ProtoError::new(
@@ -363,7 +208,7 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
         let msg = format!("role down: {}\n", down.join(", "));
         return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
     }
-    if gw.fanout.ready().await {
+    if gw.feed.ready().await {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
@@ -390,14 +235,4 @@ async fn editor_page() -> Html<&'static str> {
          Connect an editor to <code>/v1/docs/{doc}/ws</code> or read a document at \
          <code>/v1/docs/{doc}</code>.</p>",
     )
-}
-
-/// Used by the WebSocket handler to refuse before upgrading is impossible.
-pub(crate) fn ws_upgrade_limits(ws: WebSocketUpgrade, max_frame: usize) -> WebSocketUpgrade {
-    let hard = max_frame.saturating_mul(HARD_LIMIT_FACTOR);
-    // tungstenite zero-fills its read buffer before every read (128 KiB by
-    // default): with small frames that memset dominated the profile.
-    ws.max_message_size(hard)
-        .max_frame_size(hard)
-        .read_buffer_size(READ_BUFFER)
 }

@@ -6,8 +6,11 @@
 //! log, the transformer and fanout, exactly as with Kafka.
 //!
 //! Only this crate (and fanout's frames) knows WebSocket and JSON framing.
+//! What it needs of fanout is the small [`Feed`] interface.
 
 mod auth;
+mod feed;
+mod gateway;
 mod health;
 mod http;
 mod ingest;
@@ -15,6 +18,8 @@ mod ratelimit;
 mod ws;
 
 pub use auth::{Auth, Claims, Principal, Role};
+pub use feed::{Feed, Frame, Subscription, Waited};
+pub use gateway::Gateway;
 pub use health::Health;
-pub use http::{router, Gateway};
+pub use http::router;
 pub use ingest::{Ingest, Metrics};

@@ -6,14 +6,14 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use fanout::Joined;
 use protocol::{
     now_ms, ClientMsg, ErrorCode, PresenceRecord, ProtoError, ServerMsg, RECORD_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::http::{fanout_error, ws_upgrade_limits, Gateway};
+use crate::feed::{Frame, Subscription};
+use crate::gateway::{error_response, overloaded, ws_upgrade_limits, Gateway};
 use crate::ratelimit::TokenBucket;
 use crate::Principal;
 
@@ -26,7 +26,7 @@ pub(crate) async fn upgrade(
 ) -> Response {
     let admitted = gw.admit(&doc, &headers, &query);
     let Ok(permit) = gw.connections.clone().try_acquire_owned() else {
-        return crate::http::error_response(&crate::http::overloaded("connections"));
+        return error_response(&overloaded("connections"));
     };
     let max = gw.ingest.limits().max_frame_bytes;
     let user = admitted
@@ -59,7 +59,7 @@ pub(crate) async fn upgrade(
 struct Live {
     id: u64,
     client: String,
-    rx: mpsc::Receiver<fanout::Frame>,
+    rx: mpsc::Receiver<Frame>,
     kicked: oneshot::Receiver<ErrorCode>,
 }
 
@@ -83,6 +83,15 @@ enum Flow {
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TRY_AGAIN: u16 = 1013;
 const CLOSE_GOING_AWAY: u16 = 1001;
+/// 1009: message too big.
+const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Whether a read failed because the message is over the size limit
+/// (tungstenite's capacity error; axum wraps it without its type).
+fn is_too_long(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+}
 
 impl Conn {
     async fn send(&mut self, msg: &ServerMsg) -> Result<(), ()> {
@@ -168,6 +177,15 @@ impl Conn {
                     }
                 }
                 m = self.socket.recv() => match m {
+                    Some(Err(e)) if is_too_long(&e) => {
+                        // Reading stopped at the limit; the rest of the
+                        // message cannot be skipped, so the connection ends.
+                        let max = self.gw.ingest.limits().max_frame_bytes;
+                        let e = ProtoError::new(ErrorCode::TooLarge, format!("message is over {max} bytes"));
+                        let _ = self.send(&ServerMsg::error(&e)).await;
+                        self.close(CLOSE_TOO_BIG, "TOO_LARGE").await;
+                        break;
+                    }
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                     Some(Ok(Message::Text(t))) => {
                         if let Flow::Close = self.handle(&who, t.as_str()).await { break }
@@ -181,7 +199,7 @@ impl Conn {
             }
         }
         if let Some(l) = self.joined.take() {
-            self.gw.fanout.leave(&self.doc, l.id).await;
+            self.gw.feed.leave(&self.doc, l.id).await;
             if self.sent_presence {
                 let rec = PresenceRecord::Leave {
                     v: RECORD_VERSION,
@@ -222,13 +240,12 @@ impl Conn {
                     );
                     return self.send(&ServerMsg::error(&e)).await;
                 }
-                match self.gw.fanout.join(&self.doc, &client, since).await {
-                    Ok(Joined {
+                match self.gw.feed.join(&self.doc, &client, since).await {
+                    Ok(Subscription {
                         id,
                         catchup,
                         rx,
                         kicked,
-                        ..
                     }) => {
                         self.joined = Some(Live {
                             id,
@@ -241,7 +258,7 @@ impl Conn {
                         }
                         Ok(())
                     }
-                    Err(e) => self.send(&ServerMsg::error(&fanout_error(e))).await,
+                    Err(e) => self.send(&ServerMsg::error(&e)).await,
                 }
             }
             ClientMsg::Op {
@@ -268,26 +285,8 @@ impl Conn {
                 if let Err(e) = who.check_write() {
                     return self.send(&refusal(e)).await;
                 }
-                // Binding and duplicate checks before anything else about the op.
-                match self
-                    .gw
-                    .fanout
-                    .check_op(&self.doc, &client, cseq, &who.user)
-                    .await
-                {
-                    Ok(Some(seq)) => {
-                        return self
-                            .send(&ServerMsg::Ack {
-                                client,
-                                cseq,
-                                seq,
-                                dup: true,
-                            })
-                            .await;
-                    }
-                    Ok(None) => {}
-                    Err(e) => return self.send(&refusal(fanout_error(e))).await,
-                }
+                // The connection's rate comes first: nothing expensive is
+                // done for a client over its budget.
                 if let Err(wait) = self.ops.take() {
                     let e = ProtoError::new(
                         ErrorCode::RateLimited,
@@ -301,6 +300,26 @@ impl Conn {
                         retry_after_ms: Some(wait),
                     };
                     return self.send(&msg).await;
+                }
+                // Binding and duplicate checks before anything else about the op.
+                match self
+                    .gw
+                    .feed
+                    .check_op(&self.doc, &client, cseq, base, &who.user)
+                    .await
+                {
+                    Ok(Some(seq)) => {
+                        return self
+                            .send(&ServerMsg::Ack {
+                                client,
+                                cseq,
+                                seq,
+                                dup: true,
+                            })
+                            .await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return self.send(&refusal(e)).await,
                 }
                 match self
                     .gw

@@ -1,5 +1,9 @@
 //! `quire serve`: every role in one process, wired only through the log.
 
+mod feed;
+
+pub use feed::LocalFeed;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -231,7 +235,8 @@ pub async fn run(
         config.limits.clone(),
         ingest::Metrics::new(&registry),
     );
-    let gateway = Gateway::new(auth, ingest, fanout, registry, health, shutdown.clone());
+    let feed = Arc::new(LocalFeed(fanout));
+    let gateway = Gateway::new(auth, ingest, feed, registry, health, shutdown.clone());
     let app = ingest::router(gateway);
     let s = shutdown.clone();
     // Small frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).

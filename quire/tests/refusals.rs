@@ -124,9 +124,18 @@ async fn every_bad_websocket_input_gets_its_code_and_changes_nothing() {
             ),
             ErrorCode::TooLarge,
         ),
+        // SPEC §3: an op fits when its retains plus deletes, trailing
+        // retain included, are at most the length at its base.
         (
-            format!(r#"{{"type":"ping","pad":"{}"}}"#, "p".repeat(5000)),
-            ErrorCode::TooLarge,
+            r#"{"type":"op","client":"evil","cseq":5,"base":0,"op":[3]}"#.into(),
+            ErrorCode::InvalidOp,
+        ),
+        (
+            format!(
+                r#"{{"type":"op","client":"evil","cseq":6,"base":{},"op":[2,"x",5]}}"#,
+                before["seq"]
+            ),
+            ErrorCode::InvalidOp,
         ),
         (
             r#"{"type":"presence","seq":0,"meta":[1,2]}"#.into(),
@@ -166,6 +175,27 @@ async fn every_bad_websocket_input_gets_its_code_and_changes_nothing() {
         let m = ws.next().await.unwrap().unwrap();
         let m: ServerMsg = serde_json::from_str(m.to_text().unwrap()).unwrap();
         assert_error(&m, ErrorCode::Protocol, None, "");
+    }
+    // Oversized messages: TOO_LARGE, then the connection closes with 1009
+    // (reading stops at the limit, so the rest cannot be skipped), at any
+    // size past the limit.
+    for size in [5000, 100 * 4096] {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("{}/v1/docs/bad/ws", server.ws()))
+                .await
+                .unwrap();
+        let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "p".repeat(size));
+        // The server may close before the whole message is written.
+        let _ = ws.send(Message::Text(big.into())).await;
+        let m = ws.next().await.unwrap().unwrap();
+        let m: ServerMsg = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        assert_error(&m, ErrorCode::TooLarge, None, &format!("{size} bytes"));
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1009),
+            other => panic!("{size} bytes: expected close 1009, got {other:?}"),
+        }
     }
     // A second op in flight (base below the seq of the previous op).
     let v: u64 = before["seq"].as_u64().unwrap();
@@ -255,6 +285,14 @@ async fn bad_http_requests_get_codes_and_statuses() {
     assert_eq!(ok.0, 200);
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         ("POST", "/v1/docs/h/ops", "{".into(), 400, "BAD_MESSAGE"),
+        // Does not fit the empty document: its trailing retain counts.
+        (
+            "POST",
+            "/v1/docs/empty/ops",
+            r#"{"client":"a","cseq":1,"base":0,"op":[100]}"#.into(),
+            400,
+            "INVALID_OP",
+        ),
         (
             "POST",
             "/v1/docs/h/ops",
@@ -336,6 +374,12 @@ async fn bad_http_requests_get_codes_and_statuses() {
     assert_eq!(
         (doc["seq"].as_u64(), doc["text"].as_str()),
         (ok.1["seq"].as_u64(), Some("abc"))
+    );
+    let (_, empty) = server.get("/v1/docs/empty");
+    assert_eq!(
+        (empty["seq"].as_u64(), empty["text"].as_str()),
+        (Some(0), Some("")),
+        "a refused op leaves the document at version 0"
     );
     assert_eq!(server.get("/healthz").0, 200);
     assert_eq!(server.get("/readyz").0, 200);

@@ -1,0 +1,128 @@
+//! Joins (SPEC §5): snapshot or catch-up, then `ready`, then the live stream.
+
+use std::sync::atomic::Ordering;
+
+use document::DocState;
+use protocol::{AppliedRecord, ErrorCode, ServerMsg};
+use ropey::Rope;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::hub::{frame, Frame, Sub};
+use crate::{Fanout, FanoutError};
+
+/// A subscriber's view after `join`.
+pub struct Joined {
+    pub id: u64,
+    /// Snapshot or catch-up, then `ready`; send these first.
+    pub catchup: Vec<Frame>,
+    /// Live frames after `ready`.
+    pub rx: mpsc::Receiver<Frame>,
+    /// Fires when the subscriber is cut off (with the code to send).
+    pub kicked: oneshot::Receiver<ErrorCode>,
+    pub version: u64,
+}
+
+/// What a join sends, captured cheaply under the partition lock (a rope
+/// clone shares the text) and turned into messages after it.
+enum JoinPlan {
+    CatchUp {
+        ops: Vec<AppliedRecord>,
+        version: u64,
+    },
+    Snapshot {
+        text: Rope,
+        version: u64,
+    },
+}
+
+impl JoinPlan {
+    /// With a `since` the window still covers, the applied ops after it;
+    /// otherwise a snapshot of the current state.
+    fn capture(state: &DocState, since: Option<u64>) -> JoinPlan {
+        let version = state.version;
+        if let Some(s) = since.filter(|s| *s <= version) {
+            if let Some(ops) = state.ops_after(s) {
+                return JoinPlan::CatchUp {
+                    ops: ops.cloned().collect(),
+                    version,
+                };
+            }
+        }
+        JoinPlan::Snapshot {
+            text: state.text.clone(),
+            version,
+        }
+    }
+
+    fn messages(self) -> Vec<ServerMsg> {
+        match self {
+            JoinPlan::CatchUp { ops, version } => ops
+                .iter()
+                .map(ServerMsg::applied)
+                .chain([ServerMsg::Ready { seq: version }])
+                .collect(),
+            JoinPlan::Snapshot { text, version } => vec![
+                ServerMsg::Snapshot {
+                    seq: version,
+                    text: text.to_string(),
+                },
+                ServerMsg::Ready { seq: version },
+            ],
+        }
+    }
+}
+
+/// What a join sends (SPEC §5): with a `since` the window still covers, the
+/// applied ops after it; otherwise a snapshot of the current state; then
+/// `ready`. Pure, so the simulation tests use exactly this.
+pub fn join_messages(state: &DocState, since: Option<u64>) -> Vec<ServerMsg> {
+    JoinPlan::capture(state, since).messages()
+}
+
+impl Fanout {
+    /// Subscribes a client: the catch-up is captured and the subscriber
+    /// registered under the partition lock, so the live stream starts
+    /// exactly after `ready`; the frames are built after the lock is gone.
+    pub async fn join(
+        &self,
+        doc: &str,
+        client: &str,
+        since: Option<u64>,
+    ) -> Result<Joined, FanoutError> {
+        let queue = self.inner.config.subscriber_queue;
+        let mut part = self.locked(doc).await?;
+        let hub = part.docs.get_mut(doc).expect("locked() loads it");
+        let plan = JoinPlan::capture(&hub.state, since);
+        let version = hub.state.version;
+        let (tx, rx) = mpsc::channel(queue);
+        let (kick, kicked) = oneshot::channel();
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        hub.subs.push(Sub {
+            id,
+            client: client.to_owned(),
+            tx,
+            kick: Some(kick),
+        });
+        drop(part);
+        self.inner.metrics.subscribers.inc();
+        Ok(Joined {
+            id,
+            catchup: plan.messages().iter().map(frame).collect(),
+            rx,
+            kicked,
+            version,
+        })
+    }
+
+    /// Unsubscribes. (The gateway produces the `leave` to the presence topic.)
+    pub async fn leave(&self, doc: &str, id: u64) {
+        let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
+        let Some(hub) = part.docs.peek_mut(doc) else {
+            return;
+        };
+        if let Some(i) = hub.subs.iter().position(|s| s.id == id) {
+            hub.subs.swap_remove(i);
+            self.inner.metrics.subscribers.dec();
+        }
+    }
+}

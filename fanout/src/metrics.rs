@@ -1,0 +1,50 @@
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+
+/// The fanout's metrics (registered once per registry).
+#[derive(Clone)]
+pub struct Metrics {
+    pub(crate) subscribers: IntGauge,
+    pub(crate) delivered: IntCounter,
+    pub(crate) overloaded: IntCounter,
+    pub(crate) docs: IntGauge,
+    /// Ingest's stamp to fanout's delivery: the pipeline's latency.
+    pub(crate) lag: Histogram,
+}
+impl Metrics {
+    pub fn new(registry: &Registry) -> Metrics {
+        let subscribers = IntGauge::new("quire_fanout_subscribers", "Live subscribers").unwrap();
+        let delivered = IntCounter::new(
+            "quire_fanout_ops_delivered_total",
+            "Applied ops queued to subscribers",
+        )
+        .unwrap();
+        let overloaded = IntCounter::new(
+            "quire_fanout_subscribers_overloaded_total",
+            "Subscribers cut off because their queue overflowed",
+        )
+        .unwrap();
+        let docs = IntGauge::new("quire_fanout_docs_loaded", "Documents held in memory").unwrap();
+        let lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "quire_fanout_pipeline_latency_seconds",
+                "From ingest stamping an op to fanout queueing it to subscribers",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0,
+            ]),
+        )
+        .unwrap();
+        let _ = registry.register(Box::new(lag.clone()));
+        let _ = registry.register(Box::new(subscribers.clone()));
+        let _ = registry.register(Box::new(delivered.clone()));
+        let _ = registry.register(Box::new(overloaded.clone()));
+        let _ = registry.register(Box::new(docs.clone()));
+        Metrics {
+            subscribers,
+            delivered,
+            overloaded,
+            docs,
+            lag,
+        }
+    }
+}

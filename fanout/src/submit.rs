@@ -1,0 +1,193 @@
+//! What ingest asks before producing an op: the binding and duplicate
+//! checks (SPEC §4, §7), and waiting for an HTTP submission's outcome.
+
+use document::{Dedup, DocState};
+use protocol::{AppliedRecord, ErrorCode, OutRecord, ProtoError};
+use tokio::sync::oneshot;
+
+use crate::{Fanout, FanoutError};
+
+/// Result of registering for an op's outcome.
+pub enum Waited {
+    /// `(client, cseq)` was applied already: the original record.
+    AlreadyApplied(Box<AppliedRecord>),
+    /// Resolves with the op's applied or rejection record.
+    Pending(oneshot::Receiver<OutRecord>),
+}
+
+/// The clientId binding check, then the duplicate check (SPEC §4, §7): the
+/// one the transformer makes too.
+pub fn dedup_check<'a>(
+    state: &'a DocState,
+    client: &str,
+    cseq: u64,
+    user: &str,
+) -> Result<Dedup<'a>, ProtoError> {
+    state.dedup_check(client, cseq, user)
+}
+
+/// What the checks of an op found (SPEC §4, §7).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    /// Not applied: produce it.
+    New,
+    /// Applied: the original record.
+    Applied(AppliedRecord),
+    /// Applied at this seq, but its record is not archived (yet).
+    AppliedAt(u64),
+}
+
+/// The first step of the checks, on the document in memory.
+#[derive(Debug)]
+pub enum Checked {
+    Done(Found),
+    /// Only the archive can tell: look `(client, cseq)` up and [`resolve`].
+    AskArchive(Ask),
+}
+
+/// Why the archive is asked.
+#[derive(Debug, Clone, Copy)]
+pub enum Ask {
+    /// The client's older op: applied (then the archive has it) or never.
+    Forgotten { seq: Option<u64> },
+    /// A client the dedup table no longer knows, with a base older than the
+    /// window: a resend of an op applied long ago, or a new stale op.
+    Unknown,
+}
+
+/// The binding and duplicate checks on the document in memory. Pure: the
+/// gateway and the simulation tests decide with exactly this.
+pub fn check(
+    state: &DocState,
+    client: &str,
+    cseq: u64,
+    base: u64,
+    user: &str,
+) -> Result<Checked, ProtoError> {
+    Ok(match state.dedup_check(client, cseq, user)? {
+        Dedup::Applied(r) => Checked::Done(Found::Applied(r.clone())),
+        Dedup::Forgotten { seq } => Checked::AskArchive(Ask::Forgotten { seq }),
+        Dedup::New if base < state.floor && !state.clients.contains_key(client) => {
+            Checked::AskArchive(Ask::Unknown)
+        }
+        Dedup::New => Checked::Done(Found::New),
+    })
+}
+
+/// The second step: what the archive's answer for `(client, cseq)` means.
+pub fn resolve(
+    ask: Ask,
+    archived: Option<AppliedRecord>,
+    client: &str,
+    cseq: u64,
+    user: &str,
+) -> Result<Found, ProtoError> {
+    match (archived, ask) {
+        (Some(r), _) if r.user != user => Err(ProtoError::new(
+            ErrorCode::Forbidden,
+            format!("client id {client} belongs to another user"),
+        )),
+        (Some(r), _) => Ok(Found::Applied(r)),
+        (None, Ask::Unknown) => Ok(Found::New),
+        (None, Ask::Forgotten { seq: Some(seq) }) => Ok(Found::AppliedAt(seq)),
+        // Below the client's latest cseq but never applied (cseqs may
+        // skip): it can never be applied now.
+        (None, Ask::Forgotten { seq: None }) => Err(ProtoError::new(
+            ErrorCode::Protocol,
+            format!("cseq {cseq} of {client} is below its latest op and was never applied; use a new cseq"),
+        )),
+    }
+}
+
+impl Fanout {
+    /// Checks under the partition lock; archive lookups after releasing it,
+    /// through the store's `(client, cseq)` index.
+    async fn find(
+        &self,
+        doc: &str,
+        client: &str,
+        cseq: u64,
+        base: u64,
+        user: &str,
+    ) -> Result<Found, FanoutError> {
+        let checked = {
+            let mut part = self.locked(doc).await?;
+            let state = &part.docs.get_mut(doc).expect("locked() loads it").state;
+            check(state, client, cseq, base, user)?
+        };
+        match checked {
+            Checked::Done(found) => Ok(found),
+            Checked::AskArchive(ask) => {
+                let archived = self.inner.store.find_op(doc, client, cseq).await?;
+                Ok(resolve(ask, archived, client, cseq, user)?)
+            }
+        }
+    }
+
+    /// For WebSocket ops: `Ok(Some(seq))` when `(client, cseq)` was applied.
+    pub async fn check_op(
+        &self,
+        doc: &str,
+        client: &str,
+        cseq: u64,
+        base: u64,
+        user: &str,
+    ) -> Result<Option<u64>, FanoutError> {
+        Ok(match self.find(doc, client, cseq, base, user).await? {
+            Found::New => None,
+            Found::Applied(r) => Some(r.seq),
+            Found::AppliedAt(seq) => Some(seq),
+        })
+    }
+
+    /// Registers for the outcome of `(client, cseq)`, after the binding and
+    /// duplicate checks. Register before producing the op.
+    pub async fn wait_for(
+        &self,
+        doc: &str,
+        client: &str,
+        cseq: u64,
+        base: u64,
+        user: &str,
+    ) -> Result<Waited, FanoutError> {
+        match self.find(doc, client, cseq, base, user).await? {
+            Found::Applied(r) => return Ok(Waited::AlreadyApplied(Box::new(r))),
+            Found::AppliedAt(seq) => {
+                return Err(ProtoError::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "op {client}/{cseq} was applied at {seq} but is not archived yet; retry"
+                    ),
+                )
+                .into())
+            }
+            Found::New => {}
+        }
+        let mut part = self.locked(doc).await?;
+        let hub = part.docs.get_mut(doc).expect("locked() loads it");
+        // It may have been applied while the lock was released.
+        if let Dedup::Applied(r) = hub.state.dedup_check(client, cseq, user)? {
+            return Ok(Waited::AlreadyApplied(Box::new(r.clone())));
+        }
+        let (tx, rx) = oneshot::channel();
+        hub.waiters
+            .entry((client.to_owned(), cseq))
+            .or_default()
+            .push(tx);
+        Ok(Waited::Pending(rx))
+    }
+
+    /// Drops a waiter that gave up (HTTP timeout or disconnect).
+    pub async fn forget_waiter(&self, doc: &str, client: &str, cseq: u64) {
+        let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
+        if let Some(hub) = part.docs.peek_mut(doc) {
+            let key = (client.to_owned(), cseq);
+            if let Some(ws) = hub.waiters.get_mut(&key) {
+                ws.retain(|w| !w.is_closed());
+                if ws.is_empty() {
+                    hub.waiters.remove(&key);
+                }
+            }
+        }
+    }
+}
