@@ -69,7 +69,98 @@ pub struct ClientCore {
     rebase: Option<Rebase>,
     /// The next join asks for a snapshot (no `since`).
     fresh: bool,
+    /// Largest text (inserted plus deleted, JSON-escaped bytes) one op may
+    /// carry: larger edits go out as several ops, so their records stay
+    /// under the server's record limit (SPEC §7: clients split large
+    /// deletes).
+    max_op_bytes: usize,
     outbox: Vec<ClientMsg>,
+}
+
+/// Default of [`ClientCore::with_max_op_bytes`]: a quarter of the default
+/// 1 MiB record limit, also under the default 256 KiB insert limit.
+pub const DEFAULT_MAX_OP_BYTES: usize = 256 << 10;
+
+/// Bytes `c` takes inside a JSON string.
+fn escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// Splits `op` (on `text`) into `first` and `rest` with
+/// `compose(first, rest) == op`, where `first` carries at most `budget`
+/// bytes of inserted and deleted text (at least one code point of it, so
+/// repeated splitting always progresses). `None` when `op` fits as it is.
+pub fn split_op(op: &Op, text: &Rope, budget: usize) -> Option<(Op, Op)> {
+    use ot::Component::{Delete, Insert, Retain};
+    let (mut used, mut pos, mut out) = (0usize, 0usize, 0usize);
+    let mut first = Vec::new();
+    let comps = op.components();
+    for (i, c) in comps.iter().enumerate() {
+        // How many code points of this component fit what is left.
+        let fitting = |chars: &mut dyn Iterator<Item = char>, used: usize| {
+            let (mut n, mut bytes) = (0usize, used);
+            for ch in chars {
+                let b = escaped_len(ch);
+                if bytes + b > budget && (n > 0 || used > 0) {
+                    break;
+                }
+                bytes += b;
+                n += 1;
+            }
+            (n, bytes)
+        };
+        let (take, total, cost) = match c {
+            Retain(n) => {
+                first.push(Retain(*n));
+                pos += n;
+                out += n;
+                continue;
+            }
+            Insert(s) => {
+                let (take, cost) = fitting(&mut s.chars(), used);
+                (take, s.chars().count(), cost)
+            }
+            Delete(n) => {
+                let (take, cost) = fitting(&mut text.slice(pos..pos + n).chars(), used);
+                (take, *n, cost)
+            }
+        };
+        if take == total {
+            used = cost;
+            match c {
+                Insert(s) => out += s.chars().count(),
+                Delete(n) => pos += n,
+                Retain(_) => unreachable!(),
+            }
+            first.push(c.clone());
+            continue;
+        }
+        // Split here: `first` ends with `take` code points of this
+        // component; `rest` retains what `first` produced, then goes on.
+        let mut rest = vec![];
+        match c {
+            Insert(s) => {
+                let cut = s.char_indices().nth(take).map_or(s.len(), |(b, _)| b);
+                first.push(Insert(s[..cut].to_owned()));
+                out += take;
+                rest.push(Retain(out));
+                rest.push(Insert(s[cut..].to_owned()));
+            }
+            Delete(n) => {
+                first.push(Delete(take));
+                rest.push(Retain(out));
+                rest.push(Delete(n - take));
+            }
+            Retain(_) => unreachable!(),
+        }
+        rest.extend(comps[i + 1..].iter().cloned());
+        return Some((Op::from_components(first), Op::from_components(rest)));
+    }
+    None
 }
 
 /// The op turning `a` into `b`: a character-level Myers diff (with a
@@ -126,8 +217,16 @@ impl ClientCore {
             live: false,
             rebase: None,
             fresh: false,
+            max_op_bytes: DEFAULT_MAX_OP_BYTES,
             outbox: Vec::new(),
         }
+    }
+
+    /// Ops carry at most this many bytes of inserted plus deleted text
+    /// (at least 64); larger edits are sent as several ops in a row.
+    pub fn with_max_op_bytes(mut self, max: usize) -> Self {
+        self.max_op_bytes = max.max(64);
+        self
     }
 
     /// Continues a session at `next_cseq` (cseqs are never reused).
@@ -198,7 +297,13 @@ impl ClientCore {
         if !self.live || self.inflight.is_some() || self.buffer.is_noop() || self.rebase.is_some() {
             return;
         }
-        let op = std::mem::take(&mut self.buffer);
+        let mut op = std::mem::take(&mut self.buffer);
+        // An edit too large for one record goes out in parts, in order;
+        // the rest waits in the buffer for the first part's ack.
+        if let Some((first, rest)) = split_op(&op, &self.server, self.max_op_bytes) {
+            op = first;
+            self.buffer = rest;
+        }
         let cseq = self.next_cseq;
         self.next_cseq += 1;
         self.inflight = Some(Inflight {
@@ -555,5 +660,124 @@ mod desync_tests {
                 ..
             }]
         ));
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use ot::Component;
+
+    fn cost(op: &Op, text: &str) -> usize {
+        let (_, del) = ot::apply_with_deleted(text, op).unwrap();
+        let ins: usize = op
+            .components()
+            .iter()
+            .map(|c| match c {
+                Component::Insert(s) => s.chars().map(escaped_len).sum(),
+                _ => 0,
+            })
+            .sum();
+        ins + del
+            .iter()
+            .map(|d| d.chars().map(escaped_len).sum::<usize>())
+            .sum::<usize>()
+    }
+
+    #[test]
+    fn split_parts_compose_to_the_op_and_each_fits_the_budget() {
+        let alphabet: Vec<char> = "ab\"\\\n\u{1}é中😀 ".chars().collect();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for _ in 0..300 {
+            let text: String = (0..next(200))
+                .map(|_| alphabet[next(alphabet.len())])
+                .collect();
+            let len = text.chars().count();
+            let mut comps = Vec::new();
+            let mut left = len;
+            while left > 0 || next(3) == 0 {
+                match next(3) {
+                    0 if left > 0 => {
+                        let n = 1 + next(left);
+                        comps.push(Component::Retain(n));
+                        left -= n;
+                    }
+                    1 if left > 0 => {
+                        let n = 1 + next(left);
+                        comps.push(Component::Delete(n));
+                        left -= n;
+                    }
+                    _ => comps.push(Component::Insert(
+                        (0..1 + next(60))
+                            .map(|_| alphabet[next(alphabet.len())])
+                            .collect(),
+                    )),
+                }
+                if comps.len() > 12 {
+                    break;
+                }
+            }
+            let op = Op::from_components(comps);
+            let budget = 6 + next(40);
+            let want = ot::apply(&text, &op).unwrap();
+            // Split until it fits, as the client sends it: part by part.
+            let (mut cur, mut rest) = (text.clone(), op.clone());
+            let mut parts = 0;
+            while let Some((first, more)) = split_op(&rest, &Rope::from_str(&cur), budget) {
+                let c = cost(&first, &cur);
+                assert!(c <= budget, "part costs {c} > {budget}");
+                assert!(!first.is_noop(), "a split always progresses");
+                assert_eq!(ot::compose(&first, &more), rest, "parts compose back");
+                cur = ot::apply(&cur, &first).unwrap();
+                rest = more;
+                parts += 1;
+                assert!(parts < 10_000);
+            }
+            assert!(cost(&rest, &cur) <= budget);
+            assert_eq!(ot::apply(&cur, &rest).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn select_all_and_delete_goes_out_in_parts() {
+        let mut c = ClientCore::new("c").with_max_op_bytes(1000);
+        c.on_message(ServerMsg::Snapshot {
+            seq: 5,
+            text: "x".repeat(4500),
+        });
+        c.on_message(ServerMsg::Ready { seq: 5 });
+        c.edit(Op::splice(0, 4500, "")).unwrap();
+        assert_eq!(c.text(), "");
+        let mut seq = 5;
+        let mut sent = 0;
+        loop {
+            let out = c.take_outbox();
+            let Some(ClientMsg::Op { cseq, base, op, .. }) = out.into_iter().next() else {
+                break;
+            };
+            assert_eq!(base, seq);
+            assert!(op.op().delete_count() == 1 && op.span() <= 1000);
+            sent += 1;
+            c.on_message(ServerMsg::Applied {
+                seq: seq + 1,
+                prev: seq,
+                client: "c".into(),
+                cseq,
+                user: "u".into(),
+                ts: 0,
+                op: op.into_op(),
+            });
+            seq += 1;
+        }
+        assert_eq!(
+            (sent, c.server_text().as_str(), c.is_settled()),
+            (5, "", true)
+        );
     }
 }

@@ -667,3 +667,54 @@ async fn document_size_and_presence_rate_limits() {
         "presence beyond the rate is RATE_LIMITED with retryAfterMs"
     );
 }
+
+/// SPEC §7: every record is at most `--max-record-bytes`; an op whose
+/// applied record would be larger gets TOO_LARGE and changes nothing, and
+/// the Rust client splits a large edit (select all, delete) into ops that
+/// fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_edits_are_split_by_the_client_and_refused_whole() {
+    let server = Server::start(&[]);
+    let big = "abcdefgh".repeat(3 << 17); // 3 MiB
+    let mut w = Client::connect(&server.ws(), "big", "w", None)
+        .await
+        .unwrap();
+    w.edit(Op::splice(0, 0, &big)).await.unwrap();
+    w.settle(T).await.unwrap();
+    let (_, doc) = server.get("/v1/docs/big");
+    assert_eq!(doc["text"].as_str().map(str::len), Some(big.len()));
+    let version = doc["seq"].as_u64().unwrap();
+
+    // One op deleting everything would make a 3 MiB record: refused.
+    let (status, body) = server.post(
+        "/v1/docs/big/ops",
+        &format!(
+            r#"{{"client":"h","cseq":1,"base":{version},"op":[-{}]}}"#,
+            big.len()
+        ),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("TOO_LARGE")),
+        "{body}"
+    );
+    let (_, after) = server.get("/v1/docs/big");
+    assert_eq!(after["seq"].as_u64(), Some(version), "nothing changed");
+
+    // The client deletes it all in parts.
+    w.edit(Op::splice(0, big.len(), "")).await.unwrap();
+    w.settle(T).await.unwrap();
+    let (_, doc) = server.get("/v1/docs/big");
+    assert_eq!(doc["text"].as_str(), Some(""));
+    let (_, page) = server.get(&format!("/v1/docs/big/ops?after={version}&limit=100"));
+    let ops = page["ops"].as_array().unwrap();
+    assert!(
+        ops.len() >= 12,
+        "3 MiB in parts of at most 256 KiB: {}",
+        ops.len()
+    );
+    for op in ops {
+        let size = serde_json::to_vec(op).unwrap().len();
+        assert!(size <= 1 << 20, "a record of {size} bytes");
+    }
+}
