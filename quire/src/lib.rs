@@ -324,10 +324,13 @@ where
             return;
         }
         tracing::error!(role, failures, error = %outcome, "role stopped; restarting");
+        // Not ready while it is down.
+        sup.health.set(role, false);
         tokio::select! {
             _ = sup.shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
+        sup.health.set(role, true);
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }

@@ -1,0 +1,212 @@
+//! Crash-only roles: a role that keeps failing is restarted a bounded
+//! number of times, `/readyz` fails while it is down, and then the process
+//! gives up with an error (a supervisor restarts it) instead of running on
+//! with a dead role.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::http;
+use document::WindowPolicy;
+use protocol::{AppliedRecord, Limits, Snapshot};
+use quire::{RestartPolicy, ServeConfig};
+use store::{Store, StoreError};
+use tokio_util::sync::CancellationToken;
+
+/// A store whose archive writes fail while `broken` is set.
+struct FlakyStore {
+    inner: Arc<dyn Store>,
+    broken: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl Store for FlakyStore {
+    async fn put_history(&self, records: &[AppliedRecord]) -> store::Result<()> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(StoreError::Storage("disk on fire".into()));
+        }
+        self.inner.put_history(records).await
+    }
+    async fn history(
+        &self,
+        doc: &str,
+        after: u64,
+        limit: usize,
+    ) -> store::Result<Vec<AppliedRecord>> {
+        self.inner.history(doc, after, limit).await
+    }
+    async fn history_before(
+        &self,
+        doc: &str,
+        before: u64,
+        limit: usize,
+    ) -> store::Result<Vec<AppliedRecord>> {
+        self.inner.history_before(doc, before, limit).await
+    }
+    async fn put_snapshot(&self, snapshot: &Snapshot) -> store::Result<()> {
+        self.inner.put_snapshot(snapshot).await
+    }
+    async fn snapshot_at_or_before(&self, doc: &str, at: u64) -> store::Result<Option<Snapshot>> {
+        self.inner.snapshot_at_or_before(doc, at).await
+    }
+    async fn find_op(
+        &self,
+        doc: &str,
+        client: &str,
+        cseq: u64,
+    ) -> store::Result<Option<AppliedRecord>> {
+        self.inner.find_op(doc, client, cseq).await
+    }
+    async fn ping(&self) -> store::Result<()> {
+        self.inner.ping().await
+    }
+}
+
+fn config(data: &std::path::Path, max_restarts: u32) -> ServeConfig {
+    ServeConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        data: data.to_owned(),
+        jwt_secret: None,
+        insecure: false,
+        partitions: 2,
+        topic_prefix: "quire.".into(),
+        limits: Limits::default(),
+        window: WindowPolicy::default(),
+        snapshot_every: 1000,
+        doc_cache: 16,
+        idle_doc_cache: 16,
+        retain_records: 100,
+        truncate_every: Duration::from_millis(200),
+        grace: Duration::from_secs(2),
+        restarts: RestartPolicy {
+            max_restarts,
+            backoff: Duration::from_millis(400),
+            healthy_after: Duration::from_secs(60),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_keeps_failing_fails_readiness_then_the_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 3);
+    let mut backends = quire::open_backends(&cfg).unwrap();
+    let broken = Arc::new(AtomicBool::new(true));
+    backends.store = Arc::new(FlakyStore {
+        inner: backends.store.clone(),
+        broken: broken.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.addr).await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(quire::run(cfg, backends, listener, shutdown));
+
+    // An op goes through (the transformer and fanout are fine); the
+    // compactor then fails to archive it, again and again.
+    let a = addr.clone();
+    let (status, _) = tokio::task::spawn_blocking(move || {
+        http(
+            &a,
+            "POST",
+            "/v1/docs/d/ops",
+            Some(r#"{"client":"c","cseq":1,"base":0,"op":["x"]}"#),
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+
+    let mut saw_down = None;
+    let mut restarts_seen = false;
+    for _ in 0..200 {
+        let a = addr.clone();
+        let probe = tokio::task::spawn_blocking(move || {
+            let ready = std::net::TcpStream::connect(&a)
+                .ok()
+                .map(|_| http(&a, "GET", "/readyz", None, None));
+            let metrics = ready
+                .as_ref()
+                .map(|_| http(&a, "GET", "/metrics", None, None).1);
+            (ready, metrics)
+        })
+        .await
+        .unwrap();
+        if let (Some((503, body)), _) = &probe {
+            saw_down = Some(body.to_string());
+        }
+        if let (_, Some(m)) = &probe {
+            restarts_seen |= m
+                .as_str()
+                .is_some_and(|m| m.contains("quire_role_restarts_total{role=\"compactor\"}"));
+        }
+        if server.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the process gives up")
+        .unwrap();
+    let err = outcome.expect_err("a dead role ends the process with an error");
+    assert!(err.to_string().contains("compactor"), "{err}");
+    let down = saw_down.expect("/readyz failed while the compactor was down");
+    assert!(down.contains("compactor"), "{down}");
+    assert!(
+        restarts_seen,
+        "quire_role_restarts_total counts the restarts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_recovers_keeps_the_process_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), 5);
+    let mut backends = quire::open_backends(&cfg).unwrap();
+    let broken = Arc::new(AtomicBool::new(true));
+    backends.store = Arc::new(FlakyStore {
+        inner: backends.store.clone(),
+        broken: broken.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.addr).await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(quire::run(cfg, backends, listener, shutdown.clone()));
+    let a = addr.clone();
+    let (status, _) = tokio::task::spawn_blocking(move || {
+        http(
+            &a,
+            "POST",
+            "/v1/docs/d/ops",
+            Some(r#"{"client":"c","cseq":1,"base":0,"op":["x"]}"#),
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    // Two failures, then the disk is back.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    broken.store(false, Ordering::Relaxed);
+    let mut ready = false;
+    for _ in 0..100 {
+        let a = addr.clone();
+        let (status, _) =
+            tokio::task::spawn_blocking(move || http(&a, "GET", "/readyz", None, None))
+                .await
+                .unwrap();
+        if status == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "ready again once the compactor recovered");
+    assert!(!server.is_finished(), "the process stays up");
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
