@@ -13,7 +13,9 @@
 //! `ot/proptest-regressions/`, where later runs replay it first.
 //! `PROPTEST_CASES=<n>` overrides the number of cases per property.
 
-use ot::{apply, apply_with_deleted, compose, invert, transform, Component, Op, OtError, Side};
+use ot::{
+    apply, apply_with_deleted, compose, invert, transform, Component, Op, OtError, SentOp, Side,
+};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -303,10 +305,21 @@ proptest! {
             prop_assert_eq!(got, Err(OtError::DoesNotFit { needed: op.base_len(), len }));
         }
 
-        // TODO(fit): hook up `ot::SentOp` (the op as sent, trailing retain
-        // kept): parse `sent` written as a wire array into a `SentOp` and check
-        // `span() == span(&sent)`, `fits(len) == fits_as_sent` and
-        // `op() == &op`; e.g. `[100]` must not fit "" although its normal
-        // form is the no-op.
+        // The op as sent, through the wire format: `SentOp` keeps the span,
+        // so `[100]` does not fit "" although its normal form is the no-op.
+        let wire: Vec<serde_json::Value> = sent
+            .iter()
+            .map(|c| match c {
+                Component::Retain(n) => serde_json::json!(*n),
+                Component::Delete(n) => serde_json::json!(-(*n as i64)),
+                Component::Insert(t) => serde_json::json!(t),
+            })
+            .collect();
+        let as_sent: SentOp = serde_json::from_value(serde_json::Value::Array(wire)).unwrap();
+        prop_assert_eq!(as_sent.span(), span(&sent));
+        prop_assert_eq!(as_sent.fits(len), fits_as_sent);
+        prop_assert_eq!(as_sent.op(), &op);
+        let back: SentOp = serde_json::from_str(&serde_json::to_string(&as_sent).unwrap()).unwrap();
+        prop_assert_eq!(back, as_sent);
     }
 }
