@@ -89,10 +89,19 @@ fn config(data: &std::path::Path, max_restarts: u32) -> ServeConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_role_that_keeps_failing_fails_readiness_then_the_process() {
+struct Running {
+    addr: String,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    broken: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    _tmp: tempfile::TempDir,
+}
+
+/// `quire::run` in process with a store whose archive writes fail, after
+/// one op was applied (so the compactor has something to archive).
+async fn start(max_restarts: u32) -> Running {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), 3);
+    let cfg = config(tmp.path(), max_restarts);
     let mut backends = quire::open_backends(&cfg).unwrap();
     let broken = Arc::new(AtomicBool::new(true));
     backends.store = Arc::new(FlakyStore {
@@ -102,10 +111,7 @@ async fn a_role_that_keeps_failing_fails_readiness_then_the_process() {
     let listener = tokio::net::TcpListener::bind(cfg.addr).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(quire::run(cfg, backends, listener, shutdown));
-
-    // An op goes through (the transformer and fanout are fine); the
-    // compactor then fails to archive it, again and again.
+    let server = tokio::spawn(quire::run(cfg, backends, listener, shutdown.clone()));
     let a = addr.clone();
     let (status, _) = tokio::task::spawn_blocking(move || {
         http(
@@ -119,6 +125,22 @@ async fn a_role_that_keeps_failing_fails_readiness_then_the_process() {
     .await
     .unwrap();
     assert_eq!(status, 200);
+    Running {
+        addr,
+        server,
+        broken,
+        shutdown,
+        _tmp: tmp,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_keeps_failing_fails_readiness_then_the_process() {
+    // An op goes through (the transformer and fanout are fine); the
+    // compactor then fails to archive it, again and again.
+    let Running {
+        addr, server, _tmp, ..
+    } = start(3).await;
 
     let mut saw_down = None;
     let mut restarts_seen = false;
@@ -164,31 +186,13 @@ async fn a_role_that_keeps_failing_fails_readiness_then_the_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_that_recovers_keeps_the_process_up() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), 5);
-    let mut backends = quire::open_backends(&cfg).unwrap();
-    let broken = Arc::new(AtomicBool::new(true));
-    backends.store = Arc::new(FlakyStore {
-        inner: backends.store.clone(),
-        broken: broken.clone(),
-    });
-    let listener = tokio::net::TcpListener::bind(cfg.addr).await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(quire::run(cfg, backends, listener, shutdown.clone()));
-    let a = addr.clone();
-    let (status, _) = tokio::task::spawn_blocking(move || {
-        http(
-            &a,
-            "POST",
-            "/v1/docs/d/ops",
-            Some(r#"{"client":"c","cseq":1,"base":0,"op":["x"]}"#),
-            None,
-        )
-    })
-    .await
-    .unwrap();
-    assert_eq!(status, 200);
+    let Running {
+        addr,
+        server,
+        broken,
+        shutdown,
+        _tmp,
+    } = start(5).await;
     // Two failures, then the disk is back.
     tokio::time::sleep(Duration::from_millis(700)).await;
     broken.store(false, Ordering::Relaxed);
