@@ -44,7 +44,7 @@ pub use document::Dedup;
 pub use hub::Frame;
 pub use join::{join_messages, Joined};
 pub use metrics::Metrics;
-pub use submit::{check, dedup_check, resolve, Ask, Checked, Found, Waited};
+pub use submit::{check, resolve, Ask, Checked, Found, Waited};
 
 #[derive(Debug, Clone)]
 pub struct FanoutConfig {

@@ -15,17 +15,6 @@ pub enum Waited {
     Pending(oneshot::Receiver<OutRecord>),
 }
 
-/// The clientId binding check, then the duplicate check (SPEC §4, §7): the
-/// one the transformer makes too.
-pub fn dedup_check<'a>(
-    state: &'a DocState,
-    client: &str,
-    cseq: u64,
-    user: &str,
-) -> Result<Dedup<'a>, ProtoError> {
-    state.dedup_check(client, cseq, user)
-}
-
 /// What the checks of an op found (SPEC §4, §7).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Found {
