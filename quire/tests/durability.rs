@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use client::{Client, CoreEvent};
@@ -175,6 +175,8 @@ async fn repeated_kills_during_compaction_lose_nothing() {
                 .unwrap(),
         );
     }
+    // What the clients saw of each document: (version, confirmed text).
+    let mut seen: HashMap<&str, Vec<(u64, String)>> = HashMap::new();
     let mut r = SplitMix64::new(99);
     for round in 0..3 {
         let mut tasks = Vec::new();
@@ -182,20 +184,24 @@ async fn repeated_kills_during_compaction_lose_nothing() {
             let seed = r.next_u64();
             tasks.push(tokio::spawn(async move {
                 let mut r = SplitMix64::new(seed);
+                let mut seen = Vec::new();
                 loop {
                     let op = random_edit(&mut r, &c.text());
                     if c.edit(op).await.is_err() || c.settle(T).await.is_err() {
                         break;
                     }
+                    seen.push((c.version(), c.core.server_text()));
                 }
-                (i, c)
+                (i, c, seen)
             }));
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
         server.kill_and_restart();
         let mut back: Vec<(usize, Client)> = Vec::new();
         for t in tasks {
-            back.push(t.await.unwrap());
+            let (i, c, s) = t.await.unwrap();
+            seen.entry(docs[i % docs.len()]).or_default().extend(s);
+            back.push((i, c));
         }
         back.sort_by_key(|(i, _)| *i);
         clients = back.into_iter().map(|(_, c)| c).collect();
@@ -210,6 +216,7 @@ async fn repeated_kills_during_compaction_lose_nothing() {
         c.settle(T).await.unwrap();
     }
     let mut total = 0;
+    let mut checked_versions = 0;
     for (d, doc) in docs.iter().enumerate() {
         let history = all_ops(&server, doc);
         total += history.len();
@@ -236,10 +243,76 @@ async fn repeated_kills_during_compaction_lose_nothing() {
                 }
             }
         }
-        // Time travel across truncated history still rebuilds every version.
-        let (_, first) = server.get(&format!("/v1/docs/{doc}?at=0"));
-        assert_eq!(first["text"], "");
+        // Time travel across truncated history (snapshots every 7 ops, the
+        // topics truncated to 3 records) still rebuilds every version.
+        let texts = replay_history(&server, doc);
+        assert_eq!(
+            texts.last_key_value(),
+            Some((&version, &state["text"].as_str().unwrap().to_owned())),
+            "{doc}: the history replays to the current state"
+        );
+        // The history agrees with what the clients saw as they went.
+        let observed = &seen[doc];
+        assert!(observed.len() > 5, "{doc}: clients saw {}", observed.len());
+        for (v, text) in observed {
+            assert_eq!(
+                texts.get(v),
+                Some(text),
+                "{doc}: a client saw version {v} differently"
+            );
+        }
+        // Every version at the start (long archived and truncated), every
+        // version at the end (around the last snapshots and truncation
+        // points), and a run of consecutive versions every few dozen in
+        // between (8 in a row: each run crosses a snapshot, taken every 7).
+        let versions: Vec<u64> = texts.keys().copied().collect();
+        let n = versions.len();
+        let picked: BTreeSet<usize> = (0..n)
+            .filter(|k| *k < 15 || *k + 15 >= n || k % 70 < 8)
+            .collect();
+        for &k in &picked {
+            let v = &versions[k];
+            // At the version, and just before the next one (a seq of
+            // another document, or none): the state at this version.
+            let next = versions.get(k + 1).copied().unwrap_or(v + 1_000);
+            for at in [*v, next - 1] {
+                let (status, got) = server.get(&format!("/v1/docs/{doc}?at={at}"));
+                assert_eq!(status, 200, "{doc}?at={at}: {got}");
+                assert_eq!(
+                    (got["seq"].as_u64(), got["text"].as_str()),
+                    (Some(*v), Some(texts[v].as_str())),
+                    "{doc}?at={at}: time travel to version {v}"
+                );
+            }
+        }
+        checked_versions += picked.len();
     }
     assert!(total > 50, "only {total} ops applied");
-    println!("ops applied across three kills: {total}");
+    println!("ops applied across three kills: {total}; time travel checked at {checked_versions} versions");
+}
+
+/// Every version of `doc` from 0 to now and its text, by replaying the
+/// whole history (`GET …/ops`, all pages) from the empty document.
+fn replay_history(server: &Server, doc: &str) -> BTreeMap<u64, String> {
+    let mut texts = BTreeMap::from([(0, String::new())]);
+    let mut text = String::new();
+    let mut after = 0;
+    loop {
+        let p = page(server, doc, after);
+        for o in p["ops"].as_array().unwrap() {
+            let (seq, prev) = (o["seq"].as_u64().unwrap(), o["prev"].as_u64().unwrap());
+            assert_eq!(
+                Some(&prev),
+                texts.last_key_value().map(|(v, _)| v),
+                "{doc}: history has a gap before {seq}"
+            );
+            let op: ot::Op = serde_json::from_value(o["op"].clone()).unwrap();
+            text = ot::apply(&text, &op).unwrap();
+            texts.insert(seq, text.clone());
+        }
+        match p["next"].as_u64() {
+            Some(n) => after = n,
+            None => return texts,
+        }
+    }
 }
