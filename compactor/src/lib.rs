@@ -211,8 +211,10 @@ impl Worker {
                     // The compactor transforms nothing: no window.
                     window: WindowPolicy::NONE,
                 };
-                let state = load(sources, &a.doc, Some(first_offset[&a.doc]), None).await?;
-                // An evicted document reloads from the history written above.
+                // The state just before this record (`at: prev`): the
+                // history written above already holds this batch, and the
+                // snapshot decision must see each record in turn.
+                let state = load(sources, &a.doc, Some(first_offset[&a.doc]), Some(a.prev)).await?;
                 self.docs.insert(a.doc.clone(), state, |_, _| false);
             }
             let state = self.docs.get_mut(&a.doc).expect("loaded above");

@@ -175,6 +175,71 @@ async fn resending_an_applied_op_gets_ack_dup_and_the_original_record() {
     assert_eq!(doc["text"], "x");
 }
 
+/// The dedup table forgets clients whose last op left the window (it is
+/// bounded by the window); a resend of such an op is still answered from
+/// the archive, never applied again and never refused as stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_older_than_the_window_is_answered_from_the_archive() {
+    let server = Server::start(&[
+        "--window-ops",
+        "2",
+        "--window-ms",
+        "0",
+        "--window-max-ops",
+        "2",
+    ]);
+    let (status, first) = server.post(
+        "/v1/docs/old/ops",
+        r#"{"client":"early","cseq":1,"base":0,"op":["a"]}"#,
+    );
+    assert_eq!(status, 200);
+    let seq = first["seq"].as_u64().unwrap();
+    // Others push the early op out of the window (and the early client out
+    // of the dedup table).
+    let mut other = Client::connect(&server.ws(), "old", "later", None)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        other.edit(Op::splice(0, 0, "b")).await.unwrap();
+        other.settle(T).await.unwrap();
+    }
+    let resend = r#"{"client":"early","cseq":1,"base":0,"op":["a"]}"#;
+    // The compactor archives within its next batch; wait for it.
+    let mut answer = None;
+    for _ in 0..100 {
+        let (status, rec) = server.post("/v1/docs/old/ops", resend);
+        if status == 200 {
+            answer = Some(rec);
+            break;
+        }
+        assert_eq!(status, 503, "{rec}"); // not archived yet: retry
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rec = answer.expect("the resend is answered with the original record");
+    assert_eq!(rec["seq"].as_u64(), Some(seq));
+    let mut c = Client::new(&server.ws(), "old", "early", None);
+    c.join().await.unwrap();
+    c.send(&ClientMsg::Op {
+        client: "early".into(),
+        cseq: 1,
+        base: 0,
+        op: Op::splice(0, 0, "a").into(),
+    })
+    .await
+    .unwrap();
+    match next_non_presence(&mut c).await {
+        ServerMsg::Ack {
+            cseq: 1,
+            seq: s,
+            dup: true,
+            ..
+        } => assert_eq!(s, seq),
+        other => panic!("expected ack dup, got {other:?}"),
+    }
+    let (_, doc) = server.get("/v1/docs/old");
+    assert_eq!(doc["text"], "bbbbba", "applied once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_travel_and_history_paging() {
     // Snapshots every 4 ops so time travel crosses snapshots.

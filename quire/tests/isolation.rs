@@ -18,6 +18,9 @@ use tokio_tungstenite::tungstenite::Message;
 const T: Duration = Duration::from_secs(60);
 const COLD_DOCS: usize = 6;
 const HISTORY: usize = 400;
+/// Writers of the hammered document's history, each writing `HISTORY` ops:
+/// an archive that a scan (instead of an index) would take long to read.
+const NOISY_WRITERS: usize = 10;
 
 /// Ack latencies of `n` sequential one-character edits, sorted.
 async fn ack_latencies(c: &mut Client, n: usize) -> Vec<Duration> {
@@ -68,12 +71,19 @@ async fn a_hammering_client_and_cold_loads_do_not_stall_other_documents() {
             drop(write_history(&ws, &format!("cold-{i}"), "w", HISTORY).await);
         }));
     }
+    for i in 1..NOISY_WRITERS {
+        let ws = server.ws();
+        writers.push(tokio::spawn(async move {
+            drop(write_history(&ws, "noisy", &format!("w{i}"), HISTORY).await);
+        }));
+    }
     let noisy = write_history(&server.ws(), "noisy", "h", HISTORY).await;
     for w in writers {
         w.await.unwrap();
     }
-    let version = noisy.version();
     drop(noisy);
+    let (_, doc) = server.get("/v1/docs/noisy");
+    let version = doc["seq"].as_u64().unwrap();
 
     let mut calm = Client::connect(&server.ws(), "calm", "a", None)
         .await
@@ -117,7 +127,7 @@ async fn a_hammering_client_and_cold_loads_do_not_stall_other_documents() {
                 }
                 sent += 1;
                 cseq = HISTORY as u64 + 1 + sent % 500_000;
-                if sent % 64 == 0 {
+                if sent.is_multiple_of(64) {
                     tokio::task::yield_now().await;
                 }
             }
@@ -174,9 +184,17 @@ async fn a_hammering_client_and_cold_loads_do_not_stall_other_documents() {
     );
     // Both noise sources share the two cores with the server, so latency
     // grows with CPU contention; what must not happen is a stall behind
-    // another client's work.
+    // another client's work. Measured on this 2-core machine: quiet p50
+    // 1.5 ms; under this noise p50 3.3 ms, p99 10 ms; the code that loaded
+    // and scanned the archive under the partition lock had p50 65 ms, p99
+    // 73 ms here.
     assert!(
-        pct(&noisy_run, 0.99) < Duration::from_secs(1),
+        pct(&noisy_run, 0.5) < Duration::from_millis(25),
+        "a third document stalled: p50 {:?}",
+        pct(&noisy_run, 0.5)
+    );
+    assert!(
+        pct(&noisy_run, 0.99) < Duration::from_millis(250),
         "a third document stalled: p99 {:?}",
         pct(&noisy_run, 0.99)
     );
