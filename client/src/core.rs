@@ -410,7 +410,11 @@ impl ClientCore {
                 }
             }
             ServerMsg::Ack { cseq, seq, .. } => {
-                if self.inflight.as_ref().is_some_and(|i| i.cseq == cseq) {
+                // An ack beyond our version (the gateway answered before
+                // its applied op reached us): that applied op is on its way
+                // and acknowledges the op when it comes; clearing the op now
+                // would apply it a second time as someone else's.
+                if self.inflight.as_ref().is_some_and(|i| i.cseq == cseq) && seq <= self.version {
                     self.inflight = None;
                     ev.push(CoreEvent::Acked { cseq, seq });
                     if self.rebase.is_some() {
@@ -778,6 +782,47 @@ mod split_tests {
         assert_eq!(
             (sent, c.server_text().as_str(), c.is_settled()),
             (5, "", true)
+        );
+    }
+}
+
+#[cfg(test)]
+mod ack_tests {
+    use super::*;
+
+    /// `ack dup` can overtake the applied op it names: the op stays in
+    /// flight until that applied op arrives, and is applied once.
+    #[test]
+    fn an_ack_ahead_of_our_version_waits_for_its_applied_op() {
+        let mut c = ClientCore::new("c");
+        c.on_message(ServerMsg::Snapshot {
+            seq: 3,
+            text: "ab".into(),
+        });
+        c.on_message(ServerMsg::Ready { seq: 3 });
+        c.edit(Op::splice(2, 0, "!")).unwrap();
+        let sent = c.take_outbox();
+        assert_eq!(sent.len(), 1);
+        c.on_message(ServerMsg::Ack {
+            client: "c".into(),
+            cseq: 1,
+            seq: 9,
+            dup: true,
+        });
+        assert_eq!(c.inflight_cseq(), Some(1), "still in flight");
+        let ev = c.on_message(ServerMsg::Applied {
+            seq: 9,
+            prev: 3,
+            client: "c".into(),
+            cseq: 1,
+            user: "u".into(),
+            ts: 0,
+            op: Op::splice(2, 0, "!"),
+        });
+        assert!(ev.contains(&CoreEvent::Acked { cseq: 1, seq: 9 }), "{ev:?}");
+        assert_eq!(
+            (c.text(), c.server_text(), c.is_settled()),
+            ("ab!".into(), "ab!".into(), true)
         );
     }
 }
