@@ -188,6 +188,16 @@ async fn load_once(
             }
         }
     }
+    // Truncation may also have overtaken the scan itself (a consumer that
+    // resets to the log start would skip records silently).
+    let log_start = src.log.log_start(topic, partition).await?;
+    if log_start > compacted {
+        return Err(LoadError::Overtaken {
+            doc: doc.into(),
+            compacted,
+            log_start,
+        });
+    }
     if at.is_some() {
         return Ok(state);
     }
@@ -206,5 +216,6 @@ async fn load_once(
         }
     }
     state.trim(src.window);
+    state.prune_clients();
     Ok(state)
 }

@@ -42,6 +42,9 @@ impl WindowPolicy {
         if self.min_age_ms < 0 {
             return Err("--window-ms must not be negative".into());
         }
+        if self.max_ops == 0 {
+            return Err("--window-max-ops must be at least 1".into());
+        }
         if self.max_ops < self.min_ops {
             return Err(format!(
                 "--window-max-ops ({}) must be at least --window-ops ({})",
@@ -172,7 +175,8 @@ impl DocState {
             return false;
         }
         match self.window.front() {
-            None => policy.max_ops > 0,
+            // At least the newest op, whose `ts` is the document's clock.
+            None => true,
             Some(oldest) => !policy.drops(self.window.len() + 1, oldest.ts, self.clock),
         }
     }
@@ -239,9 +243,15 @@ impl DocState {
             self.deltas.pop_front();
         }
         if self.floor != before || self.clients.len() > self.window.len() {
-            let floor = self.floor;
-            self.clients.retain(|_, e| e.seq > floor);
+            self.prune_clients();
         }
+    }
+
+    /// Drops the dedup entries of clients whose last op is not in the
+    /// window (a table from a snapshot may hold older ones).
+    pub fn prune_clients(&mut self) {
+        let floor = self.floor;
+        self.clients.retain(|_, e| e.seq > floor);
     }
 
     /// The compactor keeps no window (it only snapshots), but keeps the

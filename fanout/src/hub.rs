@@ -7,7 +7,7 @@ use std::sync::Arc;
 use document::{load, DocCache, DocState, WindowPolicy};
 use oplog::Offset;
 use protocol::{AppliedRecord, ErrorCode, OutRecord, ProtoError, RejectedRecord, ServerMsg};
-use tokio::sync::{mpsc, oneshot, MutexGuard};
+use tokio::sync::{mpsc, oneshot, watch, MutexGuard};
 
 use crate::{Fanout, FanoutError, Metrics};
 
@@ -46,9 +46,9 @@ impl Hub {
         }
     }
 
-    /// Whether eviction must spare it.
+    /// Whether eviction must spare it (waiters that gave up do not count).
     fn in_use(&self) -> bool {
-        !self.subs.is_empty() || !self.waiters.is_empty()
+        !self.subs.is_empty() || self.waiters.values().flatten().any(|w| !w.is_closed())
     }
 
     /// Answers the HTTP submissions waiting for this op's outcome.
@@ -123,19 +123,20 @@ pub(crate) fn kick_all(subs: Vec<Sub>, metrics: &Metrics) {
     }
 }
 
-/// Applied records the consumer passed while a document was being loaded
-/// outside the lock, replayed on top of the load.
-#[derive(Default)]
+/// A document being loaded outside the lock: the applied records the
+/// consumer passes meanwhile, replayed on top of the load. One load runs
+/// per document; other requests for it wait for `done` to close.
 pub(crate) struct Loading {
-    loaders: usize,
     records: Vec<(Offset, AppliedRecord)>,
     overflowed: bool,
+    done: watch::Receiver<()>,
 }
 
 /// Records buffered per loading document; past that the load starts again.
 const LOAD_BUFFER: usize = 10_000;
 
-/// Loads that start again before the request gives up (`Busy`).
+/// Loads (or waits for another request's load) before a request gives up
+/// (`Busy`).
 const LOAD_ATTEMPTS: usize = 8;
 
 /// One partition: the consumer's position and the documents that reflect
@@ -184,9 +185,6 @@ impl Part {
             metrics.docs.dec();
             kick_all(hub.subs, metrics);
         }
-        for slot in self.loading.values_mut() {
-            slot.records.clear();
-        }
         self.pos = pos;
         self.epoch += 1;
     }
@@ -200,56 +198,70 @@ impl Fanout {
     /// replayed on top of the load before it joins the partition.
     pub(crate) async fn locked(&self, doc: &str) -> Result<MutexGuard<'_, Part>, FanoutError> {
         let lock = &self.inner.parts[self.partition(doc) as usize];
-        let window = self.inner.config.window;
         for _ in 0..LOAD_ATTEMPTS {
             let mut part = lock.lock().await;
             if part.docs.contains(doc) {
                 return Ok(part);
             }
+            if let Some(slot) = part.loading.get(doc) {
+                // Someone is loading it: wait for that load to finish.
+                let mut done = slot.done.clone();
+                drop(part);
+                let _ = done.changed().await;
+                continue;
+            }
             let (from, epoch) = (part.pos, part.epoch);
-            part.loading.entry(doc.to_owned()).or_default().loaders += 1;
+            let (finished, done) = watch::channel(());
+            part.loading.insert(
+                doc.to_owned(),
+                Loading {
+                    records: Vec::new(),
+                    overflowed: false,
+                    done,
+                },
+            );
             drop(part);
-
-            let loaded = load(self.sources(), doc, Some(from), None).await;
-
-            let mut part = lock.lock().await;
-            let slot = part.loading.get_mut(doc).expect("registered above");
-            slot.loaders -= 1;
-            let overflowed = slot.overflowed;
-            let buffered: Vec<AppliedRecord> = slot
-                .records
-                .iter()
-                .filter(|(offset, _)| *offset >= from)
-                .map(|(_, a)| a.clone())
-                .collect();
-            if slot.loaders == 0 {
-                part.loading.remove(doc);
-            }
-            let mut state = loaded?;
-            if part.docs.contains(doc) {
-                return Ok(part); // another request loaded it meanwhile
-            }
-            if part.epoch != epoch || overflowed {
-                continue;
-            }
-            let mut followed = true;
-            for a in &buffered {
-                if a.seq > state.version && state.apply_record(a).is_err() {
-                    followed = false;
-                    break;
-                }
-            }
-            if !followed {
-                continue;
-            }
-            state.trim(window);
-            // Documents someone is subscribed to or waiting on stay.
-            let evicted = part
-                .docs
-                .insert(doc.to_owned(), Hub::new(state), |_, h| h.in_use());
-            self.inner.metrics.docs.add(1 - evicted as i64);
-            return Ok(part);
+            // The load runs as its own task: a request that goes away (an
+            // HTTP client hanging up) must not leave the slot behind.
+            let me = self.clone();
+            let name = doc.to_owned();
+            tokio::spawn(async move { me.load_into(&name, from, epoch, finished).await })
+                .await
+                .map_err(|e| FanoutError::Panicked(e.to_string()))??;
         }
         Err(FanoutError::Busy { doc: doc.into() })
+    }
+
+    /// Loads `doc` up to offset `from`, then, under the lock, replays what
+    /// the consumer buffered and puts the document in the partition (unless
+    /// the consumer was reset or the buffer overflowed: then the caller
+    /// tries again). Closing `finished` wakes the requests that waited.
+    async fn load_into(
+        &self,
+        doc: &str,
+        from: Offset,
+        epoch: u64,
+        finished: watch::Sender<()>,
+    ) -> Result<(), FanoutError> {
+        let loaded = load(self.sources(), doc, Some(from), None).await;
+        let mut part = self.inner.parts[self.partition(doc) as usize].lock().await;
+        let slot = part.loading.remove(doc).expect("registered by locked()");
+        drop(finished);
+        let mut state = loaded?;
+        if part.epoch != epoch || slot.overflowed || part.docs.contains(doc) {
+            return Ok(());
+        }
+        for (_, a) in slot.records.iter().filter(|(offset, _)| *offset >= from) {
+            if a.seq > state.version && state.apply_record(a).is_err() {
+                return Ok(());
+            }
+        }
+        state.trim(self.inner.config.window);
+        // Documents someone is subscribed to or waiting on stay.
+        let evicted = part
+            .docs
+            .insert(doc.to_owned(), Hub::new(state), |_, h| h.in_use());
+        self.inner.metrics.docs.add(1 - evicted as i64);
+        Ok(())
     }
 }

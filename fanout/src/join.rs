@@ -22,6 +22,15 @@ pub struct Joined {
     pub version: u64,
 }
 
+/// Longest catch-up sent as applied ops; a client further behind gets a
+/// snapshot (SPEC §5 allows either; its pending edits are merged).
+pub const MAX_CATCHUP: usize = 10_000;
+
+/// How many window ops follow version `since`.
+fn version_gap_ops(state: &DocState, since: u64) -> usize {
+    state.window.len() - state.window.partition_point(|r| r.seq <= since)
+}
+
 /// What a join sends, captured cheaply under the partition lock (a rope
 /// clone shares the text) and turned into messages after it.
 enum JoinPlan {
@@ -41,7 +50,12 @@ impl JoinPlan {
     fn capture(state: &DocState, since: Option<u64>) -> JoinPlan {
         let version = state.version;
         if let Some(s) = since.filter(|s| *s <= version) {
-            if let Some(ops) = state.ops_after(s) {
+            // A catch-up longer than MAX_CATCHUP is a snapshot instead: it
+            // is cloned under the partition lock, a snapshot is not.
+            if let Some(ops) = state
+                .ops_after(s)
+                .filter(|_| version_gap_ops(state, s) <= MAX_CATCHUP)
+            {
                 return JoinPlan::CatchUp {
                     ops: ops.cloned().collect(),
                     version,

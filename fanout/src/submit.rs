@@ -40,8 +40,20 @@ pub enum Ask {
     /// The client's older op: applied (then the archive has it) or never.
     Forgotten { seq: Option<u64> },
     /// A client the dedup table no longer knows, with a base older than the
-    /// window: a resend of an op applied long ago, or a new stale op.
-    Unknown,
+    /// window (which starts after `floor`): a resend of an op applied long
+    /// ago, or a new stale op. Only an archive that holds every op up to
+    /// `floor` can say "never applied".
+    Unknown { floor: u64 },
+}
+
+impl Ask {
+    /// The seq the archive must hold for a miss to mean "never applied".
+    pub fn must_reach(&self) -> Option<u64> {
+        match self {
+            Ask::Unknown { floor } => Some(*floor),
+            Ask::Forgotten { .. } => None,
+        }
+    }
 }
 
 /// The binding and duplicate checks on the document in memory. Pure: the
@@ -57,16 +69,18 @@ pub fn check(
         Dedup::Applied(r) => Checked::Done(Found::Applied(r.clone())),
         Dedup::Forgotten { seq } => Checked::AskArchive(Ask::Forgotten { seq }),
         Dedup::New if base < state.floor && !state.clients.contains_key(client) => {
-            Checked::AskArchive(Ask::Unknown)
+            Checked::AskArchive(Ask::Unknown { floor: state.floor })
         }
         Dedup::New => Checked::Done(Found::New),
     })
 }
 
-/// The second step: what the archive's answer for `(client, cseq)` means.
+/// The second step: what the archive's answer for `(client, cseq)` means;
+/// `reached` says whether the archive holds the op at [`Ask::must_reach`].
 pub fn resolve(
     ask: Ask,
     archived: Option<AppliedRecord>,
+    reached: bool,
     client: &str,
     cseq: u64,
     user: &str,
@@ -77,7 +91,14 @@ pub fn resolve(
             format!("client id {client} belongs to another user"),
         )),
         (Some(r), _) => Ok(Found::Applied(r)),
-        (None, Ask::Unknown) => Ok(Found::New),
+        (None, Ask::Unknown { .. }) if reached => Ok(Found::New),
+        // The archive lags the window: the op may be applied and not
+        // archived yet. Producing it again would get STALE_BASE, and a
+        // client would then merge its edit in a second time.
+        (None, Ask::Unknown { floor }) => Err(ProtoError::new(
+            ErrorCode::Overloaded,
+            format!("the archive has not reached version {floor} yet: resend later"),
+        )),
         (None, Ask::Forgotten { seq: Some(seq) }) => Ok(Found::AppliedAt(seq)),
         // Below the client's latest cseq but never applied (cseqs may
         // skip): it can never be applied now.
@@ -108,7 +129,17 @@ impl Fanout {
             Checked::Done(found) => Ok(found),
             Checked::AskArchive(ask) => {
                 let archived = self.inner.store.find_op(doc, client, cseq).await?;
-                Ok(resolve(ask, archived, client, cseq, user)?)
+                let reached = match ask.must_reach() {
+                    Some(seq) if archived.is_none() => self
+                        .inner
+                        .store
+                        .history(doc, seq - 1, 1)
+                        .await?
+                        .first()
+                        .is_some_and(|r| r.seq == seq),
+                    _ => true,
+                };
+                Ok(resolve(ask, archived, reached, client, cseq, user)?)
             }
         }
     }
@@ -159,6 +190,11 @@ impl Fanout {
             return Ok(Waited::AlreadyApplied(Box::new(r.clone())));
         }
         let (tx, rx) = oneshot::channel();
+        // Waiters that gave up (their request went away) go now.
+        hub.waiters.retain(|_, ws| {
+            ws.retain(|w| !w.is_closed());
+            !ws.is_empty()
+        });
         hub.waiters
             .entry((client.to_owned(), cseq))
             .or_default()
@@ -178,5 +214,31 @@ impl Fanout {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client the window forgot, resending: a miss in the archive means
+    /// "never applied" only once the archive reaches the window's floor.
+    #[test]
+    fn an_archive_miss_counts_only_once_the_archive_reaches_the_window() {
+        let ask = Ask::Unknown { floor: 40 };
+        assert_eq!(ask.must_reach(), Some(40));
+        assert_eq!(resolve(ask, None, true, "c", 3, "u"), Ok(Found::New));
+        let lagging = resolve(ask, None, false, "c", 3, "u").unwrap_err();
+        assert_eq!(lagging.code, ErrorCode::Overloaded);
+        let old = Ask::Forgotten { seq: Some(7) };
+        assert_eq!(
+            resolve(old, None, true, "c", 3, "u"),
+            Ok(Found::AppliedAt(7))
+        );
+        let never = Ask::Forgotten { seq: None };
+        assert_eq!(
+            resolve(never, None, true, "c", 3, "u").unwrap_err().code,
+            ErrorCode::Protocol
+        );
     }
 }

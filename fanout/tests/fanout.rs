@@ -815,3 +815,47 @@ async fn cold_loads_racing_the_consumer_leave_no_gap() {
     token.cancel();
     task.await.unwrap();
 }
+
+/// A request that gives up while its document loads (an HTTP client that
+/// hangs up) must not leave the load half-registered: the document stays
+/// loadable however many records pass meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_cold_load_leaves_the_document_loadable() {
+    let mut env = Env::new();
+    env.produce_ops("slow", 3).await;
+    let slow = Arc::new(SlowStore {
+        inner: env.store.clone(),
+        delay: Duration::from_millis(300),
+    });
+    let fanout = env
+        .fanout_on(slow, WindowPolicy::default(), 100_000, 1)
+        .await;
+    let (token, task) = start(&fanout);
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(20), fanout.join("slow", "x", None)).await;
+    assert!(gave_up.is_err(), "the join was abandoned mid-load");
+    // More records than a load may buffer pass by.
+    for _ in 0..11 {
+        env.produce_ops("slow", 1000).await;
+    }
+    let want = env.writer("slow").version;
+    let j = tokio::time::timeout(T, fanout.join("slow", "y", None))
+        .await
+        .expect("joins in time")
+        .expect("the document loads");
+    let mut seen = j.version;
+    let mut rx = j.rx;
+    while seen < want {
+        match tokio::time::timeout(T, rx.recv()).await.expect("live ops") {
+            Some(f) => {
+                if let ServerMsg::Applied { seq, .. } = parse(&f) {
+                    seen = seq;
+                }
+            }
+            None => panic!("cut off"),
+        }
+    }
+    assert_eq!(seen, want);
+    token.cancel();
+    task.await.unwrap();
+}

@@ -1,6 +1,7 @@
 //! The front door's shared pieces: the [`Gateway`] state every handler
 //! gets, admission (authentication, doc id, grant), and error responses.
-//! `http` and `ws` both use these; neither uses the other.
+//! `http` (which routes to `ws`) and `ws` both use these; `ws` uses
+//! nothing of `http`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -128,9 +128,10 @@ pub fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
         .with_context(|| format!("opening the embedded log under {}", config.data.display()))?,
     );
     let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&config.data.join("store")).with_context(|| {
-            format!("opening the embedded store under {}", config.data.display())
-        })?,
+        EmbeddedStore::open(&config.data.join("store"))
+            .with_context(|| format!("opening the embedded store under {}", config.data.display()))?
+            // Snapshot rows stay under the record limit too.
+            .with_snapshot_chunk(store::SNAPSHOT_CHUNK.min(config.limits.max_record_bytes / 2)),
     );
     Ok(Backends { log, store, topics })
 }

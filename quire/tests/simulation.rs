@@ -244,7 +244,7 @@ impl Sim {
                     Ok(Checked::Done(found)) => Ok(found),
                     Ok(Checked::AskArchive(ask)) => {
                         match ask {
-                            Ask::Unknown => self.stats.asked_unknown += 1,
+                            Ask::Unknown { .. } => self.stats.asked_unknown += 1,
                             Ask::Forgotten { .. } => self.stats.asked_forgotten += 1,
                         }
                         let key = (self.docs[d].clone(), client.clone(), cseq);
@@ -252,7 +252,12 @@ impl Sim {
                         if archived.is_some() {
                             self.stats.archive_dups += 1;
                         }
-                        resolve(ask, archived, &client, cseq, &user)
+                        let reached = ask.must_reach().is_none_or(|seq| {
+                            self.archive
+                                .values()
+                                .any(|r| r.doc == self.docs[d] && r.seq == seq)
+                        });
+                        resolve(ask, archived, reached, &client, cseq, &user)
                     }
                 };
                 // What `ingest/src/ws.rs` answers.

@@ -20,7 +20,7 @@ const OP_IDS: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("op
 const SNAPSHOT_CHUNKS: TableDefinition<(&str, u64, u32), &[u8]> =
     TableDefinition::new("snapshot_chunks");
 
-/// Largest stored row of a snapshot, bytes.
+/// Largest stored row of a snapshot by default, bytes.
 pub const SNAPSHOT_CHUNK: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,8 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// Largest snapshot row, bytes.
+    chunk: usize,
 }
 
 impl EmbeddedStore {
@@ -89,7 +91,17 @@ impl EmbeddedStore {
             }
         }
         w.commit().map_err(storage)?;
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            chunk: SNAPSHOT_CHUNK,
+        })
+    }
+
+    /// Snapshot rows of at most `bytes` (at least 1 KiB), to stay under a
+    /// record limit smaller than the default chunk.
+    pub fn with_snapshot_chunk(mut self, bytes: usize) -> Self {
+        self.chunk = bytes.max(1024);
+        self
     }
 
     /// One durable write transaction, on a blocking thread: its fsync must
@@ -212,7 +224,7 @@ impl Store for EmbeddedStore {
 
     async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
         let bytes = serde_json::to_vec(snapshot).map_err(storage)?;
-        let (doc, seq) = (snapshot.doc.clone(), snapshot.seq);
+        let (doc, seq, chunk) = (snapshot.doc.clone(), snapshot.seq, self.chunk);
         self.write(move |w| {
             let mut t = w.open_table(SNAPSHOT_CHUNKS).map_err(storage)?;
             // A rewrite of the same snapshot may have had more chunks.
@@ -221,8 +233,8 @@ impl Store for EmbeddedStore {
                 |_, _| false,
             )
             .map_err(storage)?;
-            for (i, chunk) in bytes.chunks(SNAPSHOT_CHUNK).enumerate() {
-                t.insert((doc.as_str(), seq, i as u32), chunk)
+            for (i, part) in bytes.chunks(chunk).enumerate() {
+                t.insert((doc.as_str(), seq, i as u32), part)
                     .map_err(storage)?;
             }
             Ok(())
