@@ -279,6 +279,35 @@ impl EmbeddedLog {
     }
 }
 
+/// Records a fetch reads on the async worker itself (a tail read).
+const INLINE_READ: u64 = 64;
+
+/// The records `from..end` of a partition.
+fn read_range(
+    db: &Database,
+    topic: &str,
+    partition: Partition,
+    from: Offset,
+    end: Offset,
+) -> Result<Vec<Record>> {
+    let r = db.begin_read().map_err(storage)?;
+    let t = r.open_table(RECORDS).map_err(storage)?;
+    let mut out = Vec::with_capacity((end - from) as usize);
+    for item in t
+        .range((topic, partition, from)..(topic, partition, end))
+        .map_err(storage)?
+    {
+        let (k, v) = item.map_err(storage)?;
+        let (key, value) = v.value();
+        out.push(Record {
+            offset: k.value().2,
+            key: key.to_owned(),
+            value: value.to_vec(),
+        });
+    }
+    Ok(out)
+}
+
 /// Kafka's OffsetOutOfRange for reads below the log start.
 fn check_start(part: &PartState, topic: &str, partition: Partition, from: Offset) -> Result<()> {
     let log_start = part.start.load(Ordering::Acquire);
@@ -375,29 +404,17 @@ impl OpLog for EmbeddedLog {
         if end <= from {
             return Ok(Vec::new());
         }
-        // The read runs on a blocking thread: a page that misses redb's
-        // cache waits for the disk, and must not hold up an async worker.
+        // A consumer at the tail reads a few records just committed, from
+        // redb's cache: inline. Longer reads (catching up, cold loads) may
+        // wait for the disk, and run on a blocking thread so they never
+        // hold up an async worker.
         let (db, name) = (self.inner.db.clone(), topic.to_owned());
-        let out = tokio::task::spawn_blocking(move || -> Result<Vec<Record>> {
-            let r = db.begin_read().map_err(storage)?;
-            let t = r.open_table(RECORDS).map_err(storage)?;
-            let mut out = Vec::with_capacity((end - from) as usize);
-            for item in t
-                .range((name.as_str(), partition, from)..(name.as_str(), partition, end))
-                .map_err(storage)?
-            {
-                let (k, v) = item.map_err(storage)?;
-                let (key, value) = v.value();
-                out.push(Record {
-                    offset: k.value().2,
-                    key: key.to_owned(),
-                    value: value.to_vec(),
-                });
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(storage)??;
+        let read = move || read_range(&db, &name, partition, from, end);
+        let out = if end - from <= INLINE_READ {
+            read()?
+        } else {
+            tokio::task::spawn_blocking(read).await.map_err(storage)??
+        };
         // DeleteRecords may have raced this read; Kafka would refuse it too.
         check_start(part, topic, partition, from)?;
         Ok(out)
