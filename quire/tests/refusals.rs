@@ -273,6 +273,26 @@ async fn rate_limits_answer_with_retry_after() {
         } => assert!(ms > 0 && ms <= 10_000),
         other => panic!("expected RATE_LIMITED, got {other:?}"),
     }
+    // The budget is checked before anything that may cost the server work:
+    // an old cseq (which needs the archive to answer) and a resend of an
+    // applied op are both rate-limited first.
+    for cseq in [1, 2] {
+        c.send(&ClientMsg::Op {
+            client: "c".into(),
+            cseq,
+            base: 0,
+            op: Op::splice(0, 0, "x").into(),
+        })
+        .await
+        .unwrap();
+        match next_msg(&mut c).await {
+            ServerMsg::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            } => {}
+            other => panic!("cseq {cseq}: expected RATE_LIMITED first, got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
