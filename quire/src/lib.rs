@@ -18,7 +18,7 @@ use ingest::{Auth, Gateway, Health, Ingest};
 use oplog::{EmbeddedLog, EmbeddedLogConfig, OpLog};
 use prometheus::{IntCounterVec, Opts, Registry};
 use protocol::Limits;
-use store::{EmbeddedStore, Store};
+use store::{EmbeddedStore, PostgresStore, Store};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,8 @@ pub struct ServeConfig {
     pub data: PathBuf,
     pub jwt_secret: Option<String>,
     pub insecure: bool,
+    /// PostgreSQL for history and snapshots instead of the embedded store.
+    pub postgres: Option<String>,
     pub partitions: u32,
     pub topic_prefix: String,
     pub limits: Limits,
@@ -112,8 +114,9 @@ pub struct Backends {
     pub topics: Topics,
 }
 
-/// Opens the embedded log and store under `config.data` (creating topics).
-pub fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
+/// Opens the embedded log under `config.data` (creating topics) and the
+/// store: PostgreSQL with `config.postgres`, else the embedded store.
+pub async fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
     config.validate()?;
     let topics = Topics::with_prefix(&config.topic_prefix);
     let log: Arc<dyn OpLog> = Arc::new(
@@ -127,12 +130,23 @@ pub fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
         })
         .with_context(|| format!("opening the embedded log under {}", config.data.display()))?,
     );
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&config.data.join("store"))
-            .with_context(|| format!("opening the embedded store under {}", config.data.display()))?
-            // Snapshot rows stay under the record limit too.
-            .with_snapshot_chunk(store::SNAPSHOT_CHUNK.min(config.limits.max_record_bytes / 2)),
-    );
+    // Snapshot rows stay under the record limit too.
+    let chunk = store::SNAPSHOT_CHUNK.min(config.limits.max_record_bytes / 2);
+    let store: Arc<dyn Store> = match &config.postgres {
+        Some(url) => Arc::new(
+            PostgresStore::connect(url)
+                .await
+                .context("connecting to PostgreSQL (--postgres)")?
+                .with_snapshot_chunk(chunk),
+        ),
+        None => Arc::new(
+            EmbeddedStore::open(&config.data.join("store"))
+                .with_context(|| {
+                    format!("opening the embedded store under {}", config.data.display())
+                })?
+                .with_snapshot_chunk(chunk),
+        ),
+    };
     Ok(Backends { log, store, topics })
 }
 

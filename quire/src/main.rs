@@ -48,6 +48,10 @@ struct ServeArgs {
     /// ScyllaDB nodes. Not available in this build yet: giving it is an error.
     #[arg(long, env = "QUIRE_SCYLLA")]
     scylla: Option<String>,
+    /// PostgreSQL for history and snapshots instead of the embedded store:
+    /// a `postgres://user@host:port/db` URL or `host=… port=… user=… dbname=…`.
+    #[arg(long, env = "QUIRE_POSTGRES", hide_env_values = true)]
+    postgres: Option<String>,
     /// Partitions of the ops and applied topics (fixed once created).
     #[arg(long, env = "QUIRE_PARTITIONS", default_value_t = 8)]
     partitions: u32,
@@ -142,6 +146,7 @@ impl ServeArgs {
             data: self.data,
             jwt_secret: self.jwt_secret.filter(|s| !s.is_empty()),
             insecure: self.insecure,
+            postgres: self.postgres.filter(|s| !s.is_empty()),
             partitions: self.partitions,
             topic_prefix: self.topic_prefix,
             limits,
@@ -188,7 +193,7 @@ fn main() -> anyhow::Result<()> {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Open storage before listening: a second server on the same data
     // folder fails here, before it claims to be up.
-    let backends = quire::open_backends(&config)?;
+    let backends = quire::open_backends(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("binding {}", config.addr))?;

@@ -71,6 +71,7 @@ fn config(data: &std::path::Path, max_restarts: u32) -> ServeConfig {
         data: data.to_owned(),
         jwt_secret: None,
         insecure: false,
+        postgres: None,
         partitions: 2,
         topic_prefix: "quire.".into(),
         limits: Limits::default(),
@@ -102,7 +103,7 @@ struct Running {
 async fn start(max_restarts: u32) -> Running {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(tmp.path(), max_restarts);
-    let mut backends = quire::open_backends(&cfg).unwrap();
+    let mut backends = quire::open_backends(&cfg).await.unwrap();
     let broken = Arc::new(AtomicBool::new(true));
     backends.store = Arc::new(FlakyStore {
         inner: backends.store.clone(),

@@ -3,7 +3,7 @@
 
 use protocol::{AppliedRecord, ClientEntry, Snapshot};
 
-use crate::{Store, SNAPSHOT_CHUNK};
+use crate::{Store, KEEP_SNAPSHOTS, SNAPSHOT_CHUNK};
 
 /// An applied record of `doc` at `seq` by `client` with `cseq`.
 pub fn record(doc: &str, seq: u64, client: &str, cseq: u64) -> AppliedRecord {
@@ -106,6 +106,28 @@ pub async fn check(s: &dyn Store) {
         .await
         .unwrap()
         .is_none());
+    // Only the newest KEEP_SNAPSHOTS of a document stay.
+    for seq in [20, 30] {
+        s.put_snapshot(&Snapshot {
+            doc: "d".into(),
+            seq,
+            text: format!("t{seq}"),
+            clients: vec![],
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(KEEP_SNAPSHOTS, 3);
+    assert!(
+        s.snapshot_at_or_before("d", 11).await.unwrap().is_none(),
+        "the oldest snapshot is dropped"
+    );
+    for (at, want) in [(12, 12), (25, 20), (u64::MAX, 30)] {
+        assert_eq!(
+            s.snapshot_at_or_before("d", at).await.unwrap().unwrap().seq,
+            want
+        );
+    }
 
     // A snapshot larger than a row: chunked and put back together, and a
     // smaller rewrite of it leaves no stale chunk behind.

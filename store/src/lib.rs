@@ -1,9 +1,14 @@
 //! The store boundary (SPEC §9, §10): snapshots and the history archive.
 //!
-//! [`EmbeddedStore`] keeps both in a redb file for `quire serve`; a ScyllaDB
-//! backend implements the same trait with the keyspace of SPEC §10.
+//! [`EmbeddedStore`] keeps both in a redb file for `quire serve`;
+//! [`PostgresStore`] keeps them in PostgreSQL, where every role process of
+//! a deployment can share them; a ScyllaDB backend will implement the same
+//! trait with the keyspace of SPEC §10.
 
 pub mod conformance;
+mod postgres;
+
+pub use postgres::PostgresStore;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +28,12 @@ const SNAPSHOT_CHUNKS: TableDefinition<(&str, u64, u32), &[u8]> =
 /// Largest stored row of a snapshot by default, bytes.
 pub const SNAPSHOT_CHUNK: usize = 256 << 10;
 
+/// Snapshots kept per document: writing one drops those older than the
+/// newest `KEEP_SNAPSHOTS`. History is never dropped, so time travel to an
+/// older version still works (it replays from an older snapshot or from the
+/// start), and a reload always finds the newest.
+pub const KEEP_SNAPSHOTS: usize = 3;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage: {0}")]
@@ -37,7 +48,7 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-fn storage(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(e.to_string())
 }
 
@@ -54,6 +65,8 @@ pub trait Store: Send + Sync + 'static {
         before: u64,
         limit: usize,
     ) -> Result<Vec<AppliedRecord>>;
+    /// Stores a snapshot (idempotent), then drops the document's snapshots
+    /// older than its newest [`KEEP_SNAPSHOTS`].
     async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<()>;
     /// The snapshot with the highest `seq <= at` (`u64::MAX`: the latest).
     async fn snapshot_at_or_before(&self, doc: &str, at: u64) -> Result<Option<Snapshot>>;
@@ -135,7 +148,7 @@ impl EmbeddedStore {
         .map_err(storage)?
     }
 
-    fn decode(doc: &str, seq: u64, bytes: &[u8]) -> Result<AppliedRecord> {
+    pub(crate) fn decode(doc: &str, seq: u64, bytes: &[u8]) -> Result<AppliedRecord> {
         match decode_out_record(bytes) {
             Ok(OutRecord::Applied(a)) => Ok(a),
             Ok(OutRecord::Rejected(_)) => Err(StoreError::Corrupt {
@@ -236,6 +249,24 @@ impl Store for EmbeddedStore {
             for (i, part) in bytes.chunks(chunk).enumerate() {
                 t.insert((doc.as_str(), seq, i as u32), part)
                     .map_err(storage)?;
+            }
+            let mut seqs: Vec<u64> = Vec::new();
+            for item in t
+                .range((doc.as_str(), 0, 0)..=(doc.as_str(), u64::MAX, u32::MAX))
+                .map_err(storage)?
+                .rev()
+            {
+                let seq = item.map_err(storage)?.0.value().1;
+                if seqs.last() != Some(&seq) {
+                    seqs.push(seq);
+                }
+            }
+            if let Some(&oldest_kept) = seqs.get(KEEP_SNAPSHOTS - 1) {
+                t.retain_in(
+                    (doc.as_str(), 0, 0)..(doc.as_str(), oldest_kept, 0),
+                    |_, _| false,
+                )
+                .map_err(storage)?;
             }
             Ok(())
         })
