@@ -3,6 +3,7 @@
 # missing, starts a cluster in a temporary folder on a free loopback port
 # (as an unprivileged user: initdb refuses root), and exports
 # QUIRE_TEST_POSTGRES; stop_postgres stops it by PID and removes the folder.
+# The test cluster runs with fsync off (QUIRE_PG_FSYNC=on for benchmarks).
 
 PG_DIR=""
 
@@ -34,7 +35,7 @@ start_postgres() {
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   if "${run[@]}" "$bindir/initdb" -D "$PG_DIR/data" -U quire -A trust >"$PG_DIR/initdb.log" 2>&1 \
     && "${run[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
-         -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null; then
+         -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=${QUIRE_PG_FSYNC:-off}" start >/dev/null; then
     export QUIRE_TEST_POSTGRES="host=127.0.0.1 port=$port user=quire dbname=postgres"
     echo "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (pid $(head -1 "$PG_DIR/data/postmaster.pid"))"
   else

@@ -8,15 +8,22 @@
 //!   measures durable appends on the embedded log: one producer at a time
 //!   (one fsync per append) against PRODUCERS concurrent producers sharing
 //!   group commits, in the same run.
+//! `quire-load store DIR [POSTGRES] DOCS RECORDS BATCH`
+//!   measures the stores the compactor and loaders use: archiving RECORDS
+//!   applied records over DOCS documents in batches of BATCH (as the
+//!   compactor does), paging them back, op-id lookups and snapshots; on the
+//!   embedded store under DIR and, when given (`key=value` settings of an
+//!   empty database), on PostgreSQL, in the same run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::Client;
 use oplog::{EmbeddedLog, EmbeddedLogConfig, OpLog};
+use store::{EmbeddedStore, PostgresStore, Store};
 
 fn usage() -> ! {
-    eprintln!("usage: quire-load pipeline WS_BASE CLIENTS DOCS OPS | quire-load log DIR PRODUCERS RECORDS");
+    eprintln!("usage: quire-load pipeline WS_BASE CLIENTS DOCS OPS | quire-load log DIR PRODUCERS RECORDS | quire-load store DIR [POSTGRES] DOCS RECORDS BATCH");
     std::process::exit(2)
 }
 
@@ -41,6 +48,18 @@ async fn main() {
             pipeline(args[2].clone(), arg(&args, 3), arg(&args, 4), arg(&args, 5)).await
         }
         Some("log") => log(arg::<String>(&args, 2), arg(&args, 3), arg(&args, 4)).await,
+        Some("store") => {
+            let n = args.len();
+            let pg = (n == 7).then(|| args[3].clone());
+            let (docs, records, batch) = (arg(&args, n - 3), arg(&args, n - 2), arg(&args, n - 1));
+            let dir = std::path::PathBuf::from(&args[2]);
+            let embedded = EmbeddedStore::open(&dir).expect("embedded store");
+            store_bench("embedded", &embedded, docs, records, batch).await;
+            if let Some(url) = pg {
+                let pg = PostgresStore::connect(&url).await.expect("PostgreSQL");
+                store_bench("postgresql", &pg, docs, records, batch).await;
+            }
+        }
         _ => usage(),
     }
 }
@@ -147,4 +166,83 @@ async fn log(dir: String, producers: usize, records: usize) {
         concurrent / serial
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Archive, read back, look up and snapshot on one store; prints a line.
+async fn store_bench(name: &str, s: &dyn Store, docs: usize, records: usize, batch: usize) {
+    let per_doc = records / docs;
+    let all: Vec<_> = (0..per_doc)
+        .flat_map(|i| {
+            (0..docs).map(move |d| {
+                let mut r = store::conformance::record(
+                    &format!("doc-{d}"),
+                    (i * docs + d + 1) as u64,
+                    "c",
+                    i as u64 + 1,
+                );
+                r.op = ot::Op::splice(i, 0, "typing speed");
+                r
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    for chunk in all.chunks(batch) {
+        s.put_history(chunk).await.expect("put_history");
+    }
+    let write = all.len() as f64 / t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut read = 0;
+    for d in 0..docs {
+        let mut after = 0;
+        loop {
+            let page = s
+                .history(&format!("doc-{d}"), after, 1000)
+                .await
+                .expect("history");
+            read += page.len();
+            match page.last() {
+                Some(r) if page.len() == 1000 => after = r.seq,
+                _ => break,
+            }
+        }
+    }
+    assert_eq!(read, all.len());
+    let read = read as f64 / t.elapsed().as_secs_f64();
+
+    let lookups = 2000;
+    let mut rng = testkit::SplitMix64::new(7);
+    let t = Instant::now();
+    for _ in 0..lookups {
+        let d = rng.below(docs as u64);
+        let cseq = 1 + rng.below(per_doc as u64);
+        let hit = s
+            .find_op(&format!("doc-{d}"), "c", cseq)
+            .await
+            .expect("find_op");
+        assert!(hit.is_some());
+    }
+    let lookup = lookups as f64 / t.elapsed().as_secs_f64();
+
+    let text = "lorem ipsum ".repeat(100_000 / 12);
+    let snaps = 20;
+    let t = Instant::now();
+    for i in 0..snaps {
+        let snap = protocol::Snapshot {
+            doc: "snapshotted".into(),
+            seq: i + 1,
+            text: text.clone(),
+            clients: vec![],
+        };
+        s.put_snapshot(&snap).await.expect("put_snapshot");
+        let back = s
+            .snapshot_at_or_before("snapshotted", u64::MAX)
+            .await
+            .expect("snapshot");
+        assert_eq!(back.map(|b| b.seq), Some(i + 1));
+    }
+    let snap = snaps as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "store {name}: archive {write:.0} records/s (batches of {batch}), page back {read:.0} records/s, op-id lookups {lookup:.0}/s, 100 KB snapshot write+read {snap:.0}/s"
+    );
 }
