@@ -1,14 +1,21 @@
 # Sourced by .ci/run: a throwaway PostgreSQL for the store tests.
+#
 # start_postgres installs PostgreSQL from Debian's packages if it is
-# missing, starts a cluster in a temporary folder on a free loopback port
-# (as an unprivileged user: initdb refuses root), and exports
-# QUIRE_TEST_POSTGRES; stop_postgres stops it by PID and removes the folder.
-# The test cluster runs with fsync off (QUIRE_PG_FSYNC=on for benchmarks).
+# missing (and drops the default cluster the package makes), starts a cluster in a
+# temporary folder, listening only on a Unix socket in that folder (no port
+# to race for), as an unprivileged user (initdb refuses root), and exports
+# QUIRE_TEST_POSTGRES. Where PostgreSQL cannot be had (no package, not
+# root) it prints SKIPPED and the PostgreSQL tests skip; where it is
+# installed but does not start, that is an error. stop_postgres stops the
+# server and removes the folder. The cluster runs with fsync off
+# (QUIRE_PG_FSYNC=on for benchmarks).
 
 PG_DIR=""
 
 pg_bindir() {
-  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1
+  local dirs=(/usr/lib/postgresql/*/bin)
+  [ -e "${dirs[0]}" ] || return 0
+  printf '%s\n' "${dirs[@]}" | sort -V | tail -1
 }
 
 start_postgres() {
@@ -16,12 +23,21 @@ start_postgres() {
   bindir=$(pg_bindir)
   if [ -z "$bindir" ] && [ "$(id -u)" = 0 ]; then
     echo "installing PostgreSQL from Debian's packages"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/tmp/quire-pg-install.log 2>&1 \
-      || echo "PostgreSQL install failed: see /tmp/quire-pg-install.log"
+    local install_log
+    install_log=$(mktemp)
+    if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >"$install_log" 2>&1; then
+      tail -20 "$install_log"
+    fi
+    rm -f "$install_log"
     bindir=$(pg_bindir)
+    # Only our own throwaway cluster: drop the default one the package
+    # created (and started) on port 5432.
+    if [ -n "$bindir" ] && command -v pg_dropcluster >/dev/null; then
+      pg_dropcluster --stop "$(basename "$(dirname "$bindir")")" main >/dev/null 2>&1 || true
+    fi
   fi
   if [ -z "$bindir" ]; then
-    echo "SKIPPED: PostgreSQL is not installed and could not be; the PostgreSQL store tests skip"
+    echo "SKIPPED: PostgreSQL is not installed and could not be installed here; the PostgreSQL store tests skip"
     return 0
   fi
   PG_DIR=$(mktemp -d /tmp/quire-pg.XXXXXX)
@@ -31,26 +47,31 @@ start_postgres() {
     chown quire-ci "$PG_DIR"
     run=(runuser -u quire-ci --)
   fi
-  local port
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  if "${run[@]}" "$bindir/initdb" -D "$PG_DIR/data" -U quire -A trust >"$PG_DIR/initdb.log" 2>&1 \
-    && "${run[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
-         -o "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=${QUIRE_PG_FSYNC:-off}" start >/dev/null; then
-    export QUIRE_TEST_POSTGRES="host=127.0.0.1 port=$port user=quire dbname=postgres"
-    echo "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (pid $(head -1 "$PG_DIR/data/postmaster.pid"))"
-  else
-    echo "SKIPPED: PostgreSQL did not start; the PostgreSQL store tests skip"
-    cat "$PG_DIR"/*.log 2>/dev/null | tail -20
+  if ! "${run[@]}" "$bindir/initdb" -D "$PG_DIR/data" -U quire -A trust >"$PG_DIR/initdb.log" 2>&1; then
+    cat "$PG_DIR/initdb.log"
+    echo "error: PostgreSQL is installed but initdb failed" >&2
+    return 1
   fi
+  if ! "${run[@]}" "$bindir/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
+    -o "-c listen_addresses= -k $PG_DIR -c fsync=${QUIRE_PG_FSYNC:-off}" start >/dev/null; then
+    tail -20 "$PG_DIR/server.log"
+    echo "error: PostgreSQL is installed but did not start" >&2
+    return 1
+  fi
+  export QUIRE_TEST_POSTGRES="host=$PG_DIR user=quire dbname=postgres"
+  echo "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on $PG_DIR (pid $(head -1 "$PG_DIR/data/postmaster.pid"))"
 }
 
 stop_postgres() {
   [ -n "$PG_DIR" ] || return 0
-  if [ -f "$PG_DIR/data/postmaster.pid" ]; then
-    local pid
-    pid=$(head -1 "$PG_DIR/data/postmaster.pid")
-    kill -INT "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  local bindir pid=""
+  bindir=$(pg_bindir)
+  [ -f "$PG_DIR/data/postmaster.pid" ] && pid=$(head -1 "$PG_DIR/data/postmaster.pid")
+  if [ -n "$pid" ]; then
+    kill -INT "$pid" 2>/dev/null || true # fast shutdown
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -rf "$PG_DIR"
+  PG_DIR=""
 }

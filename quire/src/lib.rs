@@ -64,7 +64,7 @@ pub struct RestartPolicy {
 impl Default for RestartPolicy {
     fn default() -> Self {
         RestartPolicy {
-            max_restarts: 5,
+            max_restarts: 10,
             backoff: Duration::from_millis(500),
             healthy_after: Duration::from_secs(60),
         }
@@ -133,12 +133,7 @@ pub async fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
     // Snapshot rows stay under the record limit too.
     let chunk = store::SNAPSHOT_CHUNK.min(config.limits.max_record_bytes / 2);
     let store: Arc<dyn Store> = match &config.postgres {
-        Some(url) => Arc::new(
-            PostgresStore::connect(url)
-                .await
-                .context("connecting to PostgreSQL (--postgres)")?
-                .with_snapshot_chunk(chunk),
-        ),
+        Some(url) => Arc::new(connect_postgres(url).await?.with_snapshot_chunk(chunk)),
         None => Arc::new(
             EmbeddedStore::open(&config.data.join("store"))
                 .with_context(|| {
@@ -148,6 +143,27 @@ pub async fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
         ),
     };
     Ok(Backends { log, store, topics })
+}
+
+/// Connects to PostgreSQL, retrying for about half a minute: a database
+/// that restarts together with Quire is not a reason to fail.
+async fn connect_postgres(url: &str) -> anyhow::Result<PostgresStore> {
+    let mut wait = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match PostgresStore::connect(url).await {
+            Ok(s) => return Ok(s),
+            Err(e) if attempt < 8 && !e.to_string().contains("bad PostgreSQL address") => {
+                tracing::warn!(attempt, error = %e, "PostgreSQL not reachable yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(8));
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("connecting to PostgreSQL (--postgres)"))
+            }
+        }
+    }
 }
 
 /// Runs every role until `shutdown`, serving on `listener`.

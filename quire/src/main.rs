@@ -102,7 +102,7 @@ struct ServeArgs {
     #[arg(long, env = "QUIRE_WINDOW_MAX_OPS", default_value_t = 100_000)]
     window_max_ops: usize,
     /// Times a failing role is restarted in a row before the process exits non-zero.
-    #[arg(long, env = "QUIRE_MAX_RESTARTS", default_value_t = 5)]
+    #[arg(long, env = "QUIRE_MAX_RESTARTS", default_value_t = 10)]
     max_restarts: u32,
     /// A document gets a snapshot every this many of its ops.
     #[arg(long, env = "QUIRE_SNAPSHOT_EVERY", default_value_t = 1000)]

@@ -29,6 +29,10 @@ async fn serve_on_postgres_survives_kill_9_and_travels_in_time() {
         );
         return;
     };
+    assert!(
+        !server_url.trim_start().starts_with("postgres"),
+        "QUIRE_TEST_POSTGRES must be key=value settings (host=… user=…), not a URL: the test adds dbname=…"
+    );
     let (admin, conn) = tokio_postgres::connect(&server_url, NoTls).await.unwrap();
     tokio::spawn(conn);
     let db = format!("quire_serve_{}", std::process::id());

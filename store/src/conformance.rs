@@ -68,6 +68,24 @@ pub async fn check(s: &dyn Store) {
     assert!(s.find_op("d", "other", 9).await.unwrap().is_none());
     assert!(s.find_op("d3", "c", 9).await.unwrap().is_none());
 
+    // Any u64 cseq: lookups never confuse two of them.
+    let huge = [
+        record("d4", 1, "h", u64::MAX),
+        record("d4", 2, "h", u64::MAX - 1),
+        record("d4", 3, "h", 1 << 63),
+    ];
+    s.put_history(&huge).await.unwrap();
+    for r in &huge {
+        assert_eq!(
+            s.find_op("d4", "h", r.cseq).await.unwrap().map(|f| f.seq),
+            Some(r.seq),
+            "cseq {}",
+            r.cseq
+        );
+    }
+    assert!(s.find_op("d4", "h", (1 << 63) + 1).await.unwrap().is_none());
+    assert_eq!(s.history("d4", 0, usize::MAX).await.unwrap().len(), 3);
+
     // Snapshots: newest at or before a version.
     assert!(s
         .snapshot_at_or_before("d", u64::MAX)

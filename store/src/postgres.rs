@@ -14,8 +14,9 @@
 //! Every statement is prepared once per pooled connection.
 
 use std::str::FromStr;
+use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use protocol::{AppliedRecord, Snapshot};
 use tokio_postgres::NoTls;
 
@@ -48,10 +49,25 @@ const MIGRATION_LOCK: i64 = 0x0071_7569_7265; // "quire"
 /// Connections in the pool.
 const POOL_SIZE: usize = 8;
 
-/// PostgreSQL's `bigint` is signed; seqs and cseqs are far below 2^63.
+/// A seq or limit as PostgreSQL's signed `bigint`: seqs are log offsets,
+/// far below 2^63; a larger bound means "all of them".
 fn big(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
+
+/// A cseq as `bigint`, bit for bit: clients may use any u64, and lookups by
+/// equality must not confuse two of them.
+fn cseq_bits(cseq: u64) -> i64 {
+    cseq as i64
+}
+
+/// How long a request waits for a connection, and a connection attempt.
+const POOL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Defaults for what the address does not say.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// No statement may hold a role up for longer (milliseconds).
+const STATEMENT_TIMEOUT_MS: u64 = 60_000;
 
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -63,8 +79,19 @@ impl PostgresStore {
     /// Connects to `url` (a `postgres://` URL or `key=value` settings),
     /// and applies the migrations it lacks.
     pub async fn connect(url: &str) -> Result<PostgresStore> {
-        let config = tokio_postgres::Config::from_str(url)
+        let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Storage(format!("bad PostgreSQL address: {e}")))?;
+        // A server that stops answering must not hang a role or /readyz.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.keepalives(true);
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
+        if config.get_options().is_none() {
+            config.options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+        }
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -74,6 +101,10 @@ impl PostgresStore {
         );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(storage)?;
         let store = PostgresStore {
@@ -94,8 +125,33 @@ impl PostgresStore {
         self.pool.get().await.map_err(storage)
     }
 
+    /// Applies the migrations the database lacks. A database already up to
+    /// date is only read (a role that may not create tables still starts);
+    /// one written by a newer Quire is refused.
     async fn migrate(&self) -> Result<()> {
         let mut c = self.client().await?;
+        let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+        let exists: Option<String> = c
+            .query_one("SELECT to_regclass('quire_migrations')::text", &[])
+            .await
+            .map_err(storage)?
+            .get(0);
+        if exists.is_some() {
+            let done: Option<i32> = c
+                .query_one("SELECT max(version) FROM quire_migrations", &[])
+                .await
+                .map_err(storage)?
+                .get(0);
+            match done {
+                Some(v) if v > latest => {
+                    return Err(StoreError::Storage(format!(
+                        "the database's schema is at version {v}, newer than this Quire knows ({latest}): run a newer Quire"
+                    )))
+                }
+                Some(v) if v == latest => return Ok(()),
+                _ => {}
+            }
+        }
         let tx = c.transaction().await.map_err(storage)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
@@ -167,7 +223,7 @@ impl Store for PostgresStore {
             docs.push(r.doc.as_str());
             seqs.push(big(r.seq));
             clients.push(r.client.as_str());
-            cseqs.push(big(r.cseq));
+            cseqs.push(cseq_bits(r.cseq));
             bodies.push(r.encode());
         }
         let c = self.client().await?;
@@ -192,7 +248,7 @@ impl Store for PostgresStore {
         self.records(
             doc,
             "SELECT seq, record FROM quire_history WHERE doc = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            &[&doc, &big(after), &(limit as i64)],
+            &[&doc, &big(after), &big(limit as u64)],
         )
         .await
     }
@@ -207,7 +263,7 @@ impl Store for PostgresStore {
             .records(
                 doc,
                 "SELECT seq, record FROM quire_history WHERE doc = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-                &[&doc, &big(before), &(limit as i64)],
+                &[&doc, &big(before), &big(limit as u64)],
             )
             .await?;
         out.reverse();
@@ -219,6 +275,15 @@ impl Store for PostgresStore {
         let (doc, seq) = (snapshot.doc.as_str(), big(snapshot.seq));
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(storage)?;
+        // One writer of a document's snapshots at a time (two compactors
+        // overlap during a rebalance): the rewrite stays idempotent and
+        // the pruning exact.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&doc],
+        )
+        .await
+        .map_err(storage)?;
         tx.execute(
             "DELETE FROM quire_snapshot_chunks WHERE doc = $1 AND seq = $2",
             &[&doc, &seq],
@@ -286,16 +351,21 @@ impl Store for PostgresStore {
         Ok(self
             .records(
                 doc,
-                "SELECT seq, record FROM quire_history WHERE doc = $1 AND client = $2 AND cseq = $3 LIMIT 1",
-                &[&doc, &client, &big(cseq)],
+                "SELECT seq, record FROM quire_history WHERE doc = $1 AND client = $2 AND cseq = $3 ORDER BY seq",
+                &[&doc, &client, &cseq_bits(cseq)],
             )
             .await?
-            .pop())
+            .into_iter()
+            .find(|r| r.client == client && r.cseq == cseq))
     }
 
     async fn ping(&self) -> Result<()> {
-        let c = self.client().await?;
-        c.execute("SELECT 1", &[]).await.map_err(storage)?;
-        Ok(())
+        tokio::time::timeout(POOL_TIMEOUT, async {
+            let c = self.client().await?;
+            c.execute("SELECT 1", &[]).await.map_err(storage)?;
+            Ok(())
+        })
+        .await
+        .map_err(|_| StoreError::Storage("PostgreSQL did not answer in time".into()))?
     }
 }

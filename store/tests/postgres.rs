@@ -12,6 +12,12 @@ fn server() -> Option<String> {
     let url = std::env::var("QUIRE_TEST_POSTGRES")
         .ok()
         .filter(|s| !s.trim().is_empty());
+    if let Some(u) = &url {
+        assert!(
+            !u.trim_start().starts_with("postgres"),
+            "QUIRE_TEST_POSTGRES must be key=value settings (host=… user=…), not a URL: the tests add dbname=…"
+        );
+    }
     if url.is_none() {
         // Straight to stderr: the test harness does not capture this.
         let _ = writeln!(
