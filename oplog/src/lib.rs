@@ -6,6 +6,7 @@
 //! start offset and DeleteRecords. [`EmbeddedLog`] implements it on redb for
 //! `quire serve`; a Kafka backend implements the same trait.
 
+pub mod conformance;
 mod embedded;
 mod murmur2;
 

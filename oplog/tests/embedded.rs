@@ -13,36 +13,12 @@ fn rec(key: &str, v: &str) -> (String, Vec<u8>) {
     (key.to_owned(), v.as_bytes().to_vec())
 }
 
-#[tokio::test]
-async fn offsets_are_shared_by_the_keys_of_a_partition() {
+/// The log's contract (`oplog::conformance`, shared with other backends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_log_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(config(dir.path())).unwrap();
-    // Find two keys on one partition.
-    let a = "doc-a".to_owned();
-    let p = partition_for(&a, 4);
-    let b = (0..100)
-        .map(|i| format!("doc-{i}"))
-        .find(|k| k != &a && partition_for(k, 4) == p)
-        .unwrap();
-    let out = log
-        .produce("t.ops", vec![rec(&a, "1"), rec(&b, "2"), rec(&a, "3")])
-        .await
-        .unwrap();
-    assert_eq!(out, vec![(p, 0), (p, 1), (p, 2)]);
-    let got = log.fetch("t.ops", p, 0, 10, Duration::ZERO).await.unwrap();
-    let vals: Vec<_> = got
-        .iter()
-        .map(|r| (r.offset, r.key.clone(), r.value.clone()))
-        .collect();
-    assert_eq!(
-        vals,
-        vec![
-            (0, a.clone(), b"1".to_vec()),
-            (1, b, b"2".to_vec()),
-            (2, a, b"3".to_vec())
-        ]
-    );
-    assert_eq!(log.high_watermark("t.ops", p).await.unwrap(), 3);
+    oplog::conformance::check(&log, "t.applied", true).await;
 }
 
 #[tokio::test]
@@ -91,26 +67,6 @@ async fn a_retried_batch_is_not_appended_twice() {
 }
 
 #[tokio::test]
-async fn fetch_waits_for_new_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = EmbeddedLog::open(config(dir.path())).unwrap();
-    let p = partition_for("k", 4);
-    let reader = {
-        let log = log.clone();
-        tokio::spawn(async move { log.fetch("t.ops", p, 0, 10, Duration::from_secs(10)).await })
-    };
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    log.produce("t.ops", vec![rec("k", "late")]).await.unwrap();
-    let got = reader.await.unwrap().unwrap();
-    assert_eq!(got.len(), 1);
-    assert!(log
-        .fetch("t.ops", p, 1, 10, Duration::from_millis(20))
-        .await
-        .unwrap()
-        .is_empty());
-}
-
-#[tokio::test]
 async fn delete_records_and_consumer_positions_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let p = partition_for("k", 4);
@@ -145,42 +101,6 @@ async fn delete_records_and_consumer_positions_survive_reopen() {
         log.produce("t.ops", vec![rec("k", "x")]).await.unwrap(),
         vec![(p, 10)]
     );
-}
-
-#[tokio::test]
-async fn concurrent_producers_share_commits_and_keep_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = EmbeddedLog::open(config(dir.path())).unwrap();
-    let mut tasks = Vec::new();
-    for w in 0..8 {
-        let log = log.clone();
-        tasks.push(tokio::spawn(async move {
-            let key = format!("writer-{w}");
-            let mut offsets = Vec::new();
-            for i in 0..50 {
-                let out = log
-                    .produce("t.ops", vec![rec(&key, &i.to_string())])
-                    .await
-                    .unwrap();
-                offsets.push(out[0].1);
-            }
-            (key, offsets)
-        }));
-    }
-    let mut total = 0;
-    for t in tasks {
-        let (key, offsets) = t.await.unwrap();
-        assert!(
-            offsets.windows(2).all(|w| w[0] < w[1]),
-            "{key}: offsets out of order"
-        );
-        total += offsets.len();
-    }
-    let mut seen = 0;
-    for p in 0..4 {
-        seen += log.high_watermark("t.ops", p).await.unwrap() as usize;
-    }
-    assert_eq!(seen, total);
 }
 
 #[tokio::test]
