@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use compactor::{CompactorConfig, CompactorError, Metrics};
 use document::{Topics, WindowPolicy, COMPACTOR_GROUP, TRANSFORMER_GROUP};
 use oplog::{partition_for, EmbeddedLog, EmbeddedLogConfig, Offset, OpLog, Partition, Record};
-use protocol::{AppliedRecord, ErrorCode, OutRecord, RejectedRecord, Snapshot};
-use store::{EmbeddedStore, Store};
+use protocol::{AppliedRecord, ErrorCode, OutRecord, RejectedRecord};
+use store::{Call, EmbeddedStore, Intercept, Intercepted, Store};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -153,11 +153,11 @@ impl OpLog for CheckedLog {
     }
 }
 
-/// The embedded store; every `put_history` checks that the compactor has
-/// not yet committed a position covering the records (history first), and
-/// can be held at a gate to stop the compactor mid-batch.
-struct CheckedStore {
-    inner: EmbeddedStore,
+/// Checks on the embedded store: every `put_history` checks that the
+/// compactor has not yet committed a position covering the records
+/// (history first), and can be held at a gate to stop the compactor
+/// mid-batch.
+struct Checks {
     log: EmbeddedLog,
     applied: String,
     offsets: Offsets,
@@ -170,8 +170,11 @@ struct CheckedStore {
 }
 
 #[async_trait::async_trait]
-impl Store for CheckedStore {
-    async fn put_history(&self, records: &[AppliedRecord]) -> store::Result<()> {
+impl Intercept for Checks {
+    async fn before(&self, call: Call<'_>) -> store::Result<()> {
+        let Call::PutHistory(records) = call else {
+            return Ok(());
+        };
         for r in records {
             let at = self
                 .offsets
@@ -203,46 +206,7 @@ impl Store for CheckedStore {
             self.entered.notify_one();
             self.open.notified().await;
         }
-        self.inner.put_history(records).await
-    }
-
-    async fn history(
-        &self,
-        doc: &str,
-        after: u64,
-        limit: usize,
-    ) -> store::Result<Vec<AppliedRecord>> {
-        self.inner.history(doc, after, limit).await
-    }
-
-    async fn history_before(
-        &self,
-        doc: &str,
-        before: u64,
-        limit: usize,
-    ) -> store::Result<Vec<AppliedRecord>> {
-        self.inner.history_before(doc, before, limit).await
-    }
-
-    async fn put_snapshot(&self, snapshot: &Snapshot) -> store::Result<()> {
-        self.inner.put_snapshot(snapshot).await
-    }
-
-    async fn snapshot_at_or_before(&self, doc: &str, at: u64) -> store::Result<Option<Snapshot>> {
-        self.inner.snapshot_at_or_before(doc, at).await
-    }
-
-    async fn find_op(
-        &self,
-        doc: &str,
-        client: &str,
-        cseq: u64,
-    ) -> store::Result<Option<AppliedRecord>> {
-        self.inner.find_op(doc, client, cseq).await
-    }
-
-    async fn ping(&self) -> store::Result<()> {
-        self.inner.ping().await
+        Ok(())
     }
 }
 
@@ -252,7 +216,7 @@ struct Harness {
     parts: u32,
     raw: EmbeddedLog,
     log: Arc<CheckedLog>,
-    store: Arc<CheckedStore>,
+    store: Arc<Intercepted<Checks>>,
     violations: Violations,
     /// Per document: (version, last cseq).
     docs: HashMap<String, (u64, u64)>,
@@ -315,15 +279,17 @@ impl Harness {
             violations: violations.clone(),
             deletes: Mutex::default(),
         });
-        let store = Arc::new(CheckedStore {
-            inner: EmbeddedStore::open(&dir.path().join("store")).unwrap(),
-            log: raw.clone(),
-            applied: topics.applied.clone(),
-            offsets: Arc::default(),
-            violations: violations.clone(),
-            armed: AtomicBool::new(false),
-            entered: Notify::new(),
-            open: Notify::new(),
+        let store = Arc::new(Intercepted {
+            inner: Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap()),
+            hook: Checks {
+                log: raw.clone(),
+                applied: topics.applied.clone(),
+                offsets: Arc::default(),
+                violations: violations.clone(),
+                armed: AtomicBool::new(false),
+                entered: Notify::new(),
+                open: Notify::new(),
+            },
         });
         Harness {
             _dir: dir,
@@ -409,6 +375,7 @@ impl Harness {
             expected.push((p, *o));
             if let OutRecord::Applied(a) = r {
                 self.store
+                    .hook
                     .offsets
                     .lock()
                     .unwrap()
@@ -477,7 +444,7 @@ impl Harness {
     /// Every applied record below each partition's committed position is
     /// in the store, exactly as produced.
     async fn committed_is_archived(&self) {
-        let offsets = self.store.offsets.lock().unwrap().clone();
+        let offsets = self.store.hook.offsets.lock().unwrap().clone();
         let mut committed = HashMap::new();
         for p in 0..self.parts {
             committed.insert(p, self.committed(p).await);
@@ -578,17 +545,17 @@ async fn truncation_never_passes_what_readers_need() {
         })
         .collect();
     h.produce(first).await;
-    h.store.armed.store(true, Ordering::SeqCst);
+    h.store.hook.armed.store(true, Ordering::SeqCst);
     let mut config = h.config();
     config.retain_records = 10;
     let running = h.start(config.clone());
-    tokio::time::timeout(Duration::from_secs(20), h.store.entered.notified())
+    tokio::time::timeout(Duration::from_secs(20), h.store.hook.entered.notified())
         .await
         .expect("the compactor archives its first batch");
     let more: Vec<_> = (0..200).map(|_| h.applied_op("t-b")).collect();
     h.produce(more).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    h.store.open.notify_one();
+    h.store.hook.open.notify_one();
 
     h.caught_up(&running).await;
     h.starts_at(&applied, 250, &running, "applied truncated to keep 10")

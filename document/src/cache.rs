@@ -76,10 +76,6 @@ impl<V> DocCache<V> {
         self.map.remove(doc).map(|(v, _)| v)
     }
 
-    pub fn clear(&mut self) {
-        self.map.clear();
-    }
-
     pub fn drain(&mut self) -> impl Iterator<Item = (String, V)> + '_ {
         self.map.drain().map(|(k, (v, _))| (k, v))
     }

@@ -40,7 +40,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use document::Dedup;
 pub use hub::Frame;
 pub use join::{join_messages, Joined};
 pub use metrics::Metrics;

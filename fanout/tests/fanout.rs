@@ -19,7 +19,7 @@ use fanout::{Fanout, FanoutConfig, FanoutError, Frame, Joined, Metrics, Waited};
 use oplog::{EmbeddedLog, EmbeddedLogConfig, Offset, OpLog};
 use ot::Op;
 use protocol::{decode_out_record, AppliedRecord, ErrorCode, OutRecord, RejectedRecord, ServerMsg};
-use store::{EmbeddedStore, Store};
+use store::{Call, EmbeddedStore, Intercept, Intercepted, Store};
 use testkit::SplitMix64;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::Mutex;
@@ -229,63 +229,26 @@ async fn compact(
     log.delete_records(topic, 0, truncate).await.unwrap();
 }
 
-/// The store with the latency of a remote database on the reads a load
-/// makes, so that records keep arriving while a document loads.
-struct SlowStore {
-    inner: Arc<EmbeddedStore>,
-    delay: Duration,
-}
+/// The latency of a remote database on the reads a load makes, so that
+/// records keep arriving while a document loads.
+struct Slow(Duration);
 
 #[async_trait::async_trait]
-impl Store for SlowStore {
-    async fn put_history(&self, records: &[AppliedRecord]) -> store::Result<()> {
-        self.inner.put_history(records).await
+impl Intercept for Slow {
+    async fn before(&self, call: Call<'_>) -> store::Result<()> {
+        if matches!(call, Call::History { .. } | Call::SnapshotAtOrBefore { .. }) {
+            tokio::time::sleep(self.0).await;
+        }
+        Ok(())
     }
+}
 
-    async fn history(
-        &self,
-        doc: &str,
-        after: u64,
-        limit: usize,
-    ) -> store::Result<Vec<AppliedRecord>> {
-        tokio::time::sleep(self.delay).await;
-        self.inner.history(doc, after, limit).await
-    }
-
-    async fn history_before(
-        &self,
-        doc: &str,
-        before: u64,
-        limit: usize,
-    ) -> store::Result<Vec<AppliedRecord>> {
-        self.inner.history_before(doc, before, limit).await
-    }
-
-    async fn put_snapshot(&self, snapshot: &protocol::Snapshot) -> store::Result<()> {
-        self.inner.put_snapshot(snapshot).await
-    }
-
-    async fn snapshot_at_or_before(
-        &self,
-        doc: &str,
-        at: u64,
-    ) -> store::Result<Option<protocol::Snapshot>> {
-        tokio::time::sleep(self.delay).await;
-        self.inner.snapshot_at_or_before(doc, at).await
-    }
-
-    async fn find_op(
-        &self,
-        doc: &str,
-        client: &str,
-        cseq: u64,
-    ) -> store::Result<Option<AppliedRecord>> {
-        self.inner.find_op(doc, client, cseq).await
-    }
-
-    async fn ping(&self) -> store::Result<()> {
-        self.inner.ping().await
-    }
+/// The environment's store, slowed down.
+fn slow_store(inner: &Arc<EmbeddedStore>, delay: Duration) -> Arc<dyn Store> {
+    Arc::new(Intercepted {
+        inner: inner.clone(),
+        hook: Slow(delay),
+    })
 }
 
 fn start(f: &Fanout) -> (CancellationToken, tokio::task::JoinHandle<()>) {
@@ -715,10 +678,7 @@ async fn cold_loads_racing_the_consumer_leave_no_gap() {
         // evicted as soon as another is loaded. Loads take a few ms of
         // store latency, during which the consumer passes the document's
         // records on (to the load's buffer).
-        let slow = Arc::new(SlowStore {
-            inner: e.store.clone(),
-            delay: Duration::from_millis(3),
-        });
+        let slow = slow_store(&e.store, Duration::from_millis(3));
         let f = e.fanout_on(slow, WindowPolicy::default(), 100_000, 1).await;
         (f, e.log.clone(), e.store.clone(), e.topics.clone())
     };
@@ -823,10 +783,7 @@ async fn cold_loads_racing_the_consumer_leave_no_gap() {
 async fn an_abandoned_cold_load_leaves_the_document_loadable() {
     let mut env = Env::new();
     env.produce_ops("slow", 3).await;
-    let slow = Arc::new(SlowStore {
-        inner: env.store.clone(),
-        delay: Duration::from_millis(300),
-    });
+    let slow = slow_store(&env.store, Duration::from_millis(300));
     let fanout = env
         .fanout_on(slow, WindowPolicy::default(), 100_000, 1)
         .await;

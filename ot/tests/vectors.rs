@@ -3,8 +3,8 @@
 use ot::{apply, compose, invert, transform, Op, Side};
 use serde_json::Value;
 
-/// The reference vectors, copied into the repository from `../shared/vectors/`
-/// (see `tests/data/vectors/README.md`).
+/// The reference vectors, kept in the repository (their source and
+/// checksums are in `tests/data/vectors/SOURCE.md`).
 fn vectors_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vectors/ot.ndjson")
 }

@@ -11,57 +11,21 @@ use std::time::Duration;
 
 use common::http;
 use document::WindowPolicy;
-use protocol::{AppliedRecord, Limits, Snapshot};
+use protocol::Limits;
 use quire::{RestartPolicy, ServeConfig};
-use store::{Store, StoreError};
+use store::{Call, Intercept, Intercepted, StoreError};
 use tokio_util::sync::CancellationToken;
 
-/// A store whose archive writes fail while `broken` is set.
-struct FlakyStore {
-    inner: Arc<dyn Store>,
-    broken: Arc<AtomicBool>,
-}
+/// Archive writes fail while the flag is set.
+struct Flaky(Arc<AtomicBool>);
 
 #[async_trait::async_trait]
-impl Store for FlakyStore {
-    async fn put_history(&self, records: &[AppliedRecord]) -> store::Result<()> {
-        if self.broken.load(Ordering::Relaxed) {
+impl Intercept for Flaky {
+    async fn before(&self, call: Call<'_>) -> store::Result<()> {
+        if matches!(call, Call::PutHistory(_)) && self.0.load(Ordering::Relaxed) {
             return Err(StoreError::Storage("disk on fire".into()));
         }
-        self.inner.put_history(records).await
-    }
-    async fn history(
-        &self,
-        doc: &str,
-        after: u64,
-        limit: usize,
-    ) -> store::Result<Vec<AppliedRecord>> {
-        self.inner.history(doc, after, limit).await
-    }
-    async fn history_before(
-        &self,
-        doc: &str,
-        before: u64,
-        limit: usize,
-    ) -> store::Result<Vec<AppliedRecord>> {
-        self.inner.history_before(doc, before, limit).await
-    }
-    async fn put_snapshot(&self, snapshot: &Snapshot) -> store::Result<()> {
-        self.inner.put_snapshot(snapshot).await
-    }
-    async fn snapshot_at_or_before(&self, doc: &str, at: u64) -> store::Result<Option<Snapshot>> {
-        self.inner.snapshot_at_or_before(doc, at).await
-    }
-    async fn find_op(
-        &self,
-        doc: &str,
-        client: &str,
-        cseq: u64,
-    ) -> store::Result<Option<AppliedRecord>> {
-        self.inner.find_op(doc, client, cseq).await
-    }
-    async fn ping(&self) -> store::Result<()> {
-        self.inner.ping().await
+        Ok(())
     }
 }
 
@@ -105,9 +69,9 @@ async fn start(max_restarts: u32) -> Running {
     let cfg = config(tmp.path(), max_restarts);
     let mut backends = quire::open_backends(&cfg).await.unwrap();
     let broken = Arc::new(AtomicBool::new(true));
-    backends.store = Arc::new(FlakyStore {
+    backends.store = Arc::new(Intercepted {
         inner: backends.store.clone(),
-        broken: broken.clone(),
+        hook: Flaky(broken.clone()),
     });
     let listener = tokio::net::TcpListener::bind(cfg.addr).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

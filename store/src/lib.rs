@@ -6,8 +6,10 @@
 //! trait with the keyspace of SPEC §10.
 
 pub mod conformance;
+mod intercept;
 mod postgres;
 
+pub use intercept::{Call, Intercept, Intercepted};
 pub use postgres::PostgresStore;
 
 use std::path::Path;

@@ -271,9 +271,8 @@ impl PartitionWorker {
             }
             if !out.is_empty() {
                 if let Err(e) = self.log.produce(&topics.applied, out).await {
-                    // Whether or not it landed, the next run decides from
-                    // the applied topic itself.
-                    self.docs.clear();
+                    // Whether or not it landed, the restarted role decides
+                    // from the applied topic itself (with fresh documents).
                     return Err(e.into());
                 }
             }
