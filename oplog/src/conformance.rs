@@ -24,6 +24,7 @@ fn keys_sharing_a_partition(n: u32) -> (String, String, Partition) {
 
 /// Panics with a message naming the broken promise.
 pub async fn check(log: &dyn OpLog, topic: &str, truncation: bool) {
+    assert_eq!(log.can_truncate(), truncation, "truncation capability");
     let n = log.partitions(topic).expect("the topic exists");
     assert!(n >= 2, "the suite needs at least two partitions");
     assert!(
@@ -174,6 +175,25 @@ pub async fn check(log: &dyn OpLog, topic: &str, truncation: bool) {
         let next = log.produce(topic, vec![rec(&a, "after")]).await.unwrap();
         assert_eq!(next, vec![(p, hw)], "offsets go on after truncation");
     }
+    // A group's only member owns every partition.
+    let mut member = log.join("conformance-group", topic).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), member.next())
+        .await
+        .expect("a lone member is assigned partitions within a minute");
+    match first {
+        Some(crate::GroupEvent::Assigned(mut ps)) => {
+            ps.sort_unstable();
+            assert_eq!(ps, (0..n).collect::<Vec<_>>(), "a lone member owns all");
+        }
+        other => panic!("first group event: {other:?}"),
+    }
+    // Its commits are the group's positions.
+    log.commit("conformance-group", topic, p, 2).await.unwrap();
+    assert_eq!(
+        log.committed("conformance-group", topic, p).await.unwrap(),
+        Some(2)
+    );
+    drop(member);
     log.ping().await.unwrap();
 }
 

@@ -8,11 +8,13 @@
 
 pub mod conformance;
 mod embedded;
+pub mod group;
 mod murmur2;
 
 use std::time::Duration;
 
 pub use embedded::{EmbeddedLog, EmbeddedLogConfig};
+pub use group::{run_owned, GroupEvent, Membership};
 pub use murmur2::{murmur2, partition_for};
 
 pub type Offset = u64;
@@ -120,6 +122,21 @@ pub trait OpLog: Send + Sync + 'static {
         partition: Partition,
         before: Offset,
     ) -> Result<Offset>;
+
+    /// Whether [`OpLog::delete_records`] deletes anything. A backend
+    /// without DeleteRecords keeps every record (the compactor then skips
+    /// truncation; the store still gets history and snapshots).
+    fn can_truncate(&self) -> bool {
+        true
+    }
+
+    /// Joins `group`'s work on `topic`: the events say which partitions
+    /// this process owns. With one process per group (the embedded log) it
+    /// owns them all.
+    async fn join(&self, group: &str, topic: &str) -> Result<Membership> {
+        let _ = group;
+        Ok(Membership::sole(self.partitions(topic)?))
+    }
 
     /// Whether the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;

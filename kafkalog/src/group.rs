@@ -1,0 +1,163 @@
+//! A consumer-group member that only owns partitions: it never reads them
+//! (they stay paused; the readers fetch), it hears rebalances and commits
+//! the group's positions with its generation, so a member that lost a
+//! partition cannot move that partition's position any more.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use oplog::{GroupEvent, LogError, Partition};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{blocking, storage, KafkaConfig, KafkaMetrics};
+
+pub(crate) struct Member {
+    consumer: Arc<BaseConsumer<GroupContext>>,
+}
+
+pub(crate) struct GroupContext {
+    group: String,
+    events: mpsc::Sender<GroupEvent>,
+    metrics: KafkaMetrics,
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<Partition> {
+    tpl.elements()
+        .iter()
+        .map(|e| e.partition() as Partition)
+        .collect()
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    // These run on the member's own thread (inside `poll`), so they may
+    // block: a revocation is acknowledged only once the role stopped the
+    // partitions' work.
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let ps = partitions(tpl);
+            tracing::info!(group = self.group, partitions = ?ps, "partitions revoked");
+            self.metrics.rebalances.with_label_values(&[&self.group]).inc();
+            let (done, stopped) = oneshot::channel();
+            if self
+                .events
+                .blocking_send(GroupEvent::Revoked {
+                    partitions: ps,
+                    done,
+                })
+                .is_ok()
+            {
+                let _ = stopped.blocking_recv();
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                // Owned, not read: the readers fetch.
+                if let Err(e) = consumer.pause(tpl) {
+                    tracing::warn!(group = self.group, error = %e, "pausing assigned partitions");
+                }
+                let ps = partitions(tpl);
+                tracing::info!(group = self.group, partitions = ?ps, "partitions assigned");
+                let _ = self.events.blocking_send(GroupEvent::Assigned(ps));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => {
+                tracing::warn!(group = self.group, error = %e, "rebalance error");
+            }
+        }
+    }
+}
+
+/// Stops the member's thread (which leaves the group) when dropped, then
+/// runs `then`.
+pub(crate) struct Leave {
+    stop: Arc<AtomicBool>,
+    then: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Leave {
+    pub(crate) fn then(mut self, f: impl FnOnce() + Send + Sync + 'static) -> Leave {
+        self.then = Some(Box::new(f));
+        self
+    }
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(f) = self.then.take() {
+            f();
+        }
+    }
+}
+
+impl Member {
+    pub(crate) fn join(
+        config: &KafkaConfig,
+        group: &str,
+        topic: &str,
+        metrics: KafkaMetrics,
+    ) -> Result<(Member, mpsc::Receiver<GroupEvent>, Leave), LogError> {
+        let (tx, rx) = mpsc::channel(16);
+        let context = GroupContext {
+            group: group.to_owned(),
+            events: tx,
+            metrics,
+        };
+        let consumer: BaseConsumer<GroupContext> = config
+            .base("member")
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "session.timeout.ms",
+                config.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (config.session_timeout.as_millis() / 5).max(100).to_string(),
+            )
+            .create_with_context(context)
+            .map_err(storage)?;
+        consumer.subscribe(&[topic]).map_err(storage)?;
+        let consumer = Arc::new(consumer);
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (consumer, stop) = (consumer.clone(), stop.clone());
+            let group = group.to_owned();
+            std::thread::Builder::new()
+                .name(format!("kafka-member-{group}"))
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        // Paused partitions: only events and rebalances.
+                        if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+                            tracing::warn!(group, error = %e, "group member");
+                        }
+                    }
+                    consumer.unsubscribe();
+                    // Serve the revocation the unsubscribe causes.
+                    for _ in 0..10 {
+                        let _ = consumer.poll(Duration::from_millis(50));
+                    }
+                })
+                .map_err(|e| LogError::Storage(format!("starting a group member: {e}")))?;
+        }
+        Ok((
+            Member { consumer },
+            rx,
+            Leave { stop, then: None },
+        ))
+    }
+
+    pub(crate) async fn commit(&self, tpl: TopicPartitionList) -> Result<(), LogError> {
+        let c = self.consumer.clone();
+        blocking(move || c.commit(&tpl, CommitMode::Sync).map_err(storage)).await
+    }
+}
