@@ -6,18 +6,15 @@
 //! position, or the retention margin.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use document::{
-    load, DocCache, DocState, LoadError, Sources, Topics, WindowPolicy, COMPACTOR_GROUP,
-    TRANSFORMER_GROUP,
-};
+use document::{load, DocCache, DocState, LoadError, Sources, Topics, WindowPolicy};
 use oplog::{LogError, Offset, OpLog, Partition};
 use prometheus::{IntCounter, Registry};
 use protocol::{decode_out_record, OutRecord};
 use store::{Store, StoreError};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -35,6 +32,8 @@ pub struct CompactorConfig {
     /// How often to truncate.
     pub truncate_every: Duration,
     pub max_docs: usize,
+    /// Set once the consumer group first assigned this process partitions.
+    pub joined: Option<Arc<AtomicBool>>,
 }
 
 impl Default for CompactorConfig {
@@ -46,6 +45,7 @@ impl Default for CompactorConfig {
             retain_records: 10_000,
             truncate_every: Duration::from_secs(5),
             max_docs: 1024,
+            joined: None,
         }
     }
 }
@@ -106,36 +106,42 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), CompactorError> {
-    let n = log.partitions(&config.topics.applied)?;
     let config = Arc::new(config);
-    // One task per partition; the first to fail stops the others and the
-    // role returns its error (its supervisor restarts it).
-    let stop = shutdown.child_token();
-    let mut tasks = JoinSet::new();
-    for p in 0..n {
-        let mut w = Worker {
-            p,
-            config: config.clone(),
-            log: log.clone(),
-            store: store.clone(),
-            metrics: metrics.clone(),
-            docs: DocCache::new(config.max_docs),
-        };
-        let stop = stop.clone();
-        let span = tracing::info_span!("compactor", partition = p);
-        tasks.spawn(async move { w.run(&stop).await }.instrument(span));
+    if !log.can_truncate() {
+        tracing::info!(
+            "the log cannot delete records: archiving and snapshotting without truncating"
+        );
     }
-    while let Some(done) = tasks.join_next().await {
-        let failed = match done {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => e,
-            Err(e) => CompactorError::Panicked(e.to_string()),
-        };
-        stop.cancel();
-        tasks.shutdown().await;
-        return Err(failed);
-    }
-    Ok(())
+    // One task per partition this process owns; the first to fail stops
+    // the others and the role returns its error (its supervisor restarts
+    // it).
+    let membership = log
+        .join(&config.topics.compactor_group, &config.topics.applied)
+        .await?;
+    oplog::run_owned(
+        membership,
+        config.joined.as_deref(),
+        &shutdown,
+        |p, stop| {
+            let mut w = Worker {
+                p,
+                config: config.clone(),
+                log: log.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                docs: DocCache::new(config.max_docs),
+            };
+            let span = tracing::info_span!("compactor", partition = p);
+            async move {
+                match tokio::spawn(async move { w.run(&stop).await }.instrument(span)).await {
+                    Ok(r) => r,
+                    Err(e) => Err(CompactorError::Panicked(e.to_string())),
+                }
+            }
+        },
+        || CompactorError::Log(LogError::Closed),
+    )
+    .await
 }
 
 struct Worker {
@@ -156,7 +162,7 @@ impl Worker {
         let start = self.log.log_start(&topics.applied, self.p).await?;
         let mut pos = self
             .log
-            .committed(COMPACTOR_GROUP, &topics.applied, self.p)
+            .committed(&topics.compactor_group, &topics.applied, self.p)
             .await?
             .unwrap_or(0)
             .max(start);
@@ -170,11 +176,11 @@ impl Worker {
                 let next = batch.last().map_or(pos, |r| r.offset + 1);
                 self.compact(batch).await?;
                 self.log
-                    .commit(COMPACTOR_GROUP, &topics.applied, self.p, next)
+                    .commit(&topics.compactor_group, &topics.applied, self.p, next)
                     .await?;
                 pos = next;
             }
-            if last_truncate.elapsed() >= self.config.truncate_every {
+            if self.log.can_truncate() && last_truncate.elapsed() >= self.config.truncate_every {
                 self.truncate(pos).await?;
                 last_truncate = Instant::now();
             }
@@ -242,7 +248,7 @@ impl Worker {
         let keep = self.config.retain_records.max(1);
         let transformed = self
             .log
-            .committed(TRANSFORMER_GROUP, &t.ops, self.p)
+            .committed(&t.transformer_group, &t.ops, self.p)
             .await?
             .unwrap_or(0);
         let ops_hw = self.log.high_watermark(&t.ops, self.p).await?;

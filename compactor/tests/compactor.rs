@@ -313,6 +313,7 @@ impl Harness {
             retain_records: 10,
             truncate_every: Duration::from_millis(20),
             max_docs: 1024,
+            joined: None,
         }
     }
 

@@ -6,26 +6,35 @@ use store::{Store, StoreError};
 
 use crate::{DocError, DocState, WindowPolicy};
 
-/// Consumer group of the transformer on the ops topic.
+/// Consumer group of the transformer on the ops topic (default prefix).
 pub const TRANSFORMER_GROUP: &str = "quire-transformer";
-/// Consumer group of the compactor on the applied topic. Everything below its
-/// committed offset is in the store's history.
+/// Consumer group of the compactor on the applied topic (default prefix).
+/// Everything below its committed offset is in the store's history.
 pub const COMPACTOR_GROUP: &str = "quire-compactor";
 
-/// Topic names, with their configurable prefix (default `quire.`).
+/// Topic and consumer-group names, with their configurable prefix (default
+/// `quire.`): two deployments on one broker share neither.
 #[derive(Debug, Clone)]
 pub struct Topics {
     pub ops: String,
     pub applied: String,
     pub presence: String,
+    /// The transformers' consumer group on `ops`.
+    pub transformer_group: String,
+    /// The compactors' consumer group on `applied`.
+    pub compactor_group: String,
 }
 
 impl Topics {
     pub fn with_prefix(prefix: &str) -> Topics {
+        // `quire.` gives `quire-transformer`, as before prefixes existed.
+        let stem = prefix.strip_suffix('.').unwrap_or(prefix);
         Topics {
             ops: format!("{prefix}ops"),
             applied: format!("{prefix}applied"),
             presence: format!("{prefix}presence"),
+            transformer_group: format!("{stem}-transformer"),
+            compactor_group: format!("{stem}-compactor"),
         }
     }
 }
@@ -111,7 +120,7 @@ async fn load_once(
     // everything below it.
     let compacted = src
         .log
-        .committed(COMPACTOR_GROUP, topic, partition)
+        .committed(&src.topics.compactor_group, topic, partition)
         .await?
         .unwrap_or(0);
     let limit = at.unwrap_or(u64::MAX);

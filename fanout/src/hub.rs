@@ -32,6 +32,10 @@ pub(crate) struct Hub {
     /// Its state no longer follows the applied stream: drop and reload.
     pub(crate) broken: bool,
     pub(crate) state: DocState,
+    /// The highest raw seq answered (applied or rejected) in the stream.
+    /// Two transformers that overlap on a partition write the same answers
+    /// twice; only the first reaches the editors.
+    decided: u64,
     pub(crate) subs: Vec<Sub>,
     pub(crate) waiters: HashMap<WaitKey, Vec<oneshot::Sender<OutRecord>>>,
 }
@@ -40,6 +44,7 @@ impl Hub {
     fn new(state: DocState) -> Hub {
         Hub {
             broken: false,
+            decided: state.version,
             state,
             subs: Vec::new(),
             waiters: HashMap::new(),
@@ -66,8 +71,9 @@ impl Hub {
     /// subscriber whose queue is full is cut off (it re-joins with `since`).
     pub(crate) fn deliver(&mut self, a: AppliedRecord, window: WindowPolicy, metrics: &Metrics) {
         if a.seq <= self.state.version {
-            return; // loaded from the log already
+            return; // loaded from the log already, or written twice
         }
+        self.decided = self.decided.max(a.seq);
         if let Err(e) = self.state.apply_record(&a) {
             // Broken invariant: drop the document so it is reloaded, and
             // cut its subscribers off (they re-join and catch up).
@@ -104,6 +110,10 @@ impl Hub {
 
     /// A rejection goes to the submitting client only.
     pub(crate) fn reject(&mut self, r: RejectedRecord) {
+        if r.seq <= self.decided {
+            return; // written twice by overlapping transformers
+        }
+        self.decided = r.seq;
         let err = ProtoError::new(r.code, r.message.clone());
         let f = frame(&ServerMsg::op_error(&err, &r.client, r.cseq));
         for s in self.subs.iter().filter(|s| s.client == r.client) {

@@ -31,7 +31,19 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<Partition> {
         .collect()
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(group = self.group, fac, "{log_message}")
+            }
+            L::Warning => tracing::warn!(group = self.group, fac, "{log_message}"),
+            L::Notice | L::Info => tracing::info!(group = self.group, fac, "{log_message}"),
+            L::Debug => tracing::debug!(group = self.group, fac, "{log_message}"),
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     // These run on the member's own thread (inside `poll`), so they may
@@ -41,7 +53,10 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             let ps = partitions(tpl);
             tracing::info!(group = self.group, partitions = ?ps, "partitions revoked");
-            self.metrics.rebalances.with_label_values(&[&self.group]).inc();
+            self.metrics
+                .rebalances
+                .with_label_values(&[&self.group])
+                .inc();
             let (done, stopped) = oneshot::channel();
             if self
                 .events
@@ -111,8 +126,14 @@ impl Member {
             events: tx,
             metrics,
         };
-        let consumer: BaseConsumer<GroupContext> = config
-            .base("member")
+        let mut settings = config.base("member");
+        if let Ok(d) = std::env::var("QUIRE_KAFKA_DEBUG") {
+            settings.set("debug", d);
+        }
+        if let Some(id) = &config.instance_id {
+            settings.set("group.instance.id", format!("{id}-{group}"));
+        }
+        let consumer: BaseConsumer<GroupContext> = settings
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -122,7 +143,13 @@ impl Member {
             )
             .set(
                 "heartbeat.interval.ms",
-                (config.session_timeout.as_millis() / 5).max(100).to_string(),
+                (config.session_timeout.as_millis() / 5)
+                    .max(100)
+                    .to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                (config.session_timeout.as_millis() + 2000).to_string(),
             )
             .create_with_context(context)
             .map_err(storage)?;
@@ -149,11 +176,7 @@ impl Member {
                 })
                 .map_err(|e| LogError::Storage(format!("starting a group member: {e}")))?;
         }
-        Ok((
-            Member { consumer },
-            rx,
-            Leave { stop, then: None },
-        ))
+        Ok((Member { consumer }, rx, Leave { stop, then: None }))
     }
 
     pub(crate) async fn commit(&self, tpl: TopicPartitionList) -> Result<(), LogError> {

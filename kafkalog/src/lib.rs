@@ -24,6 +24,7 @@
 mod group;
 mod metrics;
 mod readers;
+pub mod testing;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -63,6 +64,11 @@ pub struct KafkaConfig {
     pub session_timeout: Duration,
     /// Concurrent fetches (each holds one consumer).
     pub max_readers: usize,
+    /// Kafka static membership (`group.instance.id`): a process restarted
+    /// with the same id takes its old place in its groups at once, without
+    /// waiting for the dead member's session to expire. Unique per process
+    /// of a deployment; `None` for dynamic membership.
+    pub instance_id: Option<String>,
     /// Extra librdkafka settings (`security.protocol`, `sasl.*`, …) for
     /// every client.
     pub extra: Vec<(String, String)>,
@@ -79,6 +85,7 @@ impl KafkaConfig {
             client_id: "quire".into(),
             session_timeout: Duration::from_secs(10),
             max_readers: 128,
+            instance_id: None,
             extra: Vec::new(),
         }
     }
@@ -190,8 +197,7 @@ impl KafkaLog {
         if c.topics.is_empty() {
             return Ok(());
         }
-        let admin: AdminClient<DefaultClientContext> =
-            c.base("admin").create().map_err(storage)?;
+        let admin: AdminClient<DefaultClientContext> = c.base("admin").create().map_err(storage)?;
         let topics: Vec<NewTopic<'_>> = c
             .topics
             .iter()
@@ -215,9 +221,7 @@ impl KafkaLog {
                 Ok(name) => tracing::info!(topic = name, "created topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
-                    return Err(LogError::Storage(format!(
-                        "creating topic {name}: {code}"
-                    )))
+                    return Err(LogError::Storage(format!("creating topic {name}: {code}")))
                 }
             }
         }
@@ -303,7 +307,11 @@ impl KafkaLog {
         Ok(())
     }
 
-    async fn watermarks(&self, topic: &str, partition: Partition) -> Result<(Offset, Offset), LogError> {
+    async fn watermarks(
+        &self,
+        topic: &str,
+        partition: Partition,
+    ) -> Result<(Offset, Offset), LogError> {
         self.known(topic, partition)?;
         let meta = self.inner.meta.clone();
         let topic = topic.to_owned();
@@ -463,9 +471,7 @@ impl OpLog for KafkaLog {
         let c = self.group_client(group)?;
         let tpl = one(topic, partition, None);
         blocking(move || {
-            let got = c
-                .committed_offsets(tpl, REQUEST_TIMEOUT)
-                .map_err(storage)?;
+            let got = c.committed_offsets(tpl, REQUEST_TIMEOUT).map_err(storage)?;
             Ok(got.elements().first().and_then(|e| match e.offset() {
                 rdkafka::Offset::Offset(o) if o >= 0 => Some(o as Offset),
                 _ => None,
@@ -484,12 +490,8 @@ impl OpLog for KafkaLog {
         if !self.inner.config.delete_records || before <= lo {
             return Ok(lo);
         }
-        let admin: AdminClient<DefaultClientContext> = self
-            .inner
-            .config
-            .base("admin")
-            .create()
-            .map_err(storage)?;
+        let admin: AdminClient<DefaultClientContext> =
+            self.inner.config.base("admin").create().map_err(storage)?;
         let request = {
             // librdkafka's handles are not Send: only the future crosses
             // the await.
@@ -512,12 +514,8 @@ impl OpLog for KafkaLog {
 
     async fn join(&self, group: &str, topic: &str) -> Result<Membership, LogError> {
         self.partitions(topic)?;
-        let (member, events, leave) = group::Member::join(
-            &self.inner.config,
-            group,
-            topic,
-            self.inner.metrics.clone(),
-        )?;
+        let (member, events, leave) =
+            group::Member::join(&self.inner.config, group, topic, self.inner.metrics.clone())?;
         let member = Arc::new(member);
         self.inner
             .members

@@ -69,8 +69,7 @@ impl Pool {
     fn take(&self, topic: &str, partition: Partition, from: Offset) -> Result<Reader, KafkaError> {
         let mut idle = self.idle.lock().unwrap();
         let exact = idle.iter().position(|r| {
-            r.at
-                .as_ref()
+            r.at.as_ref()
                 .is_some_and(|(t, p, o)| t == topic && *p == partition && *o == from)
         });
         if let Some(i) = exact {
@@ -110,8 +109,12 @@ impl Pool {
         let here = Some((topic.to_owned(), partition, from));
         if reader.at != here {
             let mut tpl = rdkafka::TopicPartitionList::new();
-            tpl.add_partition_offset(topic, partition as i32, rdkafka::Offset::Offset(from as i64))
-                .map_err(FetchError::Kafka)?;
+            tpl.add_partition_offset(
+                topic,
+                partition as i32,
+                rdkafka::Offset::Offset(from as i64),
+            )
+            .map_err(FetchError::Kafka)?;
             reader.consumer.assign(&tpl).map_err(FetchError::Kafka)?;
             reader.at = None;
         }
@@ -143,7 +146,10 @@ impl Pool {
                 }
                 Ok(Ok(m)) => {
                     let offset = m.offset() as Offset;
-                    if m.topic() != topic || m.partition() as Partition != partition || offset < next {
+                    if m.topic() != topic
+                        || m.partition() as Partition != partition
+                        || offset < next
+                    {
                         continue; // left over from an earlier assignment
                     }
                     next = offset + 1;

@@ -30,7 +30,6 @@ async fn connect(brokers: &str, topics: &[&str], partitions: u32) -> KafkaLog {
     c.partitions = partitions;
     c.topics = topics.iter().map(|t| (t.to_string(), true)).collect();
     c.delete_records = std::env::var("QUIRE_TEST_KAFKA_DELETE_RECORDS").is_ok_and(|v| v == "1");
-    c.session_timeout = Duration::from_secs(6);
     KafkaLog::connect(c, KafkaMetrics::new(&prometheus::Registry::new()))
         .await
         .unwrap()
@@ -90,7 +89,10 @@ async fn a_group_shares_partitions_and_hands_them_on() {
     // `a` is told to give up its partitions, then gets its share; `c` the rest.
     let (sa, sc) = tokio::join!(next_assignment(&mut ma), next_assignment(&mut mc));
     assert_eq!(sa.len() + sc.len(), 4, "{sa:?} + {sc:?}");
-    assert!(sa.iter().all(|p| !sc.contains(p)), "{sa:?} and {sc:?} overlap");
+    assert!(
+        sa.iter().all(|p| !sc.contains(p)),
+        "{sa:?} and {sc:?} overlap"
+    );
     assert!(!sa.is_empty() && !sc.is_empty(), "{sa:?} / {sc:?}");
     drop(mc);
     assert_eq!(next_assignment(&mut ma).await, vec![0, 1, 2, 3]);

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -69,12 +70,13 @@ impl Membership {
 const STOP_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs `work(partition, stop)` for every partition the group assigns, until
-/// `shutdown`. A revoked partition's task is cancelled and awaited before the
+/// `shutdown`. `joined` is set at the first assignment (for readiness). A revoked partition's task is cancelled and awaited before the
 /// revocation is acknowledged. The first task to fail stops the others and
 /// its error is returned (a task that returns `Ok` before it is told to stop
 /// counts as finished, not failed).
 pub async fn run_owned<F, Fut, E>(
     mut membership: Membership,
+    joined: Option<&AtomicBool>,
     shutdown: &CancellationToken,
     mut work: F,
     lost: impl Fn() -> E,
@@ -93,6 +95,9 @@ where
             event = membership.next() => match event {
                 None => break Err(lost()),
                 Some(GroupEvent::Assigned(ps)) => {
+                    if let Some(j) = joined {
+                        j.store(true, Ordering::Relaxed);
+                    }
                     for p in ps {
                         if owned.contains_key(&p) {
                             continue;

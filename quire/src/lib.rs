@@ -15,6 +15,7 @@ use compactor::CompactorConfig;
 use document::{Topics, WindowPolicy};
 use fanout::{Fanout, FanoutConfig};
 use ingest::{Auth, Gateway, Health, Ingest};
+use kafkalog::{KafkaConfig, KafkaLog, KafkaMetrics};
 use oplog::{EmbeddedLog, EmbeddedLogConfig, OpLog};
 use prometheus::{IntCounterVec, Opts, Registry};
 use protocol::Limits;
@@ -24,11 +25,69 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use transformer::{CoreConfig, TransformerConfig};
 
-/// A validated configuration for `quire serve`.
+/// The roles a process runs. `quire serve` runs them all; `quire gateway`,
+/// `quire transformer` and `quire compactor` one each, sharing a broker
+/// and a store with the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Ingest and fanout: the WebSocket and HTTP API.
+    pub gateway: bool,
+    pub transformer: bool,
+    pub compactor: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        gateway: true,
+        transformer: true,
+        compactor: true,
+    };
+    pub const GATEWAY: Roles = Roles {
+        gateway: true,
+        transformer: false,
+        compactor: false,
+    };
+    pub const TRANSFORMER: Roles = Roles {
+        gateway: false,
+        transformer: true,
+        compactor: false,
+    };
+    pub const COMPACTOR: Roles = Roles {
+        gateway: false,
+        transformer: false,
+        compactor: true,
+    };
+
+    /// How the command line names this set.
+    pub fn command(&self) -> &'static str {
+        match *self {
+            Roles::GATEWAY => "gateway",
+            Roles::TRANSFORMER => "transformer",
+            Roles::COMPACTOR => "compactor",
+            _ => "serve",
+        }
+    }
+}
+
+/// The broker, when the log is Kafka's.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub replication: u32,
+    /// The broker implements DeleteRecords (Apache Kafka, Redpanda): the
+    /// compactor truncates. Off for brokers without it (tansu).
+    pub delete_records: bool,
+    pub session_timeout: Duration,
+}
+
+/// A validated configuration for `quire serve` and the role commands.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    pub roles: Roles,
     pub addr: SocketAddr,
     pub data: PathBuf,
+    /// The log on a Kafka-protocol broker instead of the embedded one.
+    pub kafka: Option<KafkaSettings>,
     pub jwt_secret: Option<String>,
     pub insecure: bool,
     /// PostgreSQL for history and snapshots instead of the embedded store.
@@ -73,6 +132,34 @@ impl Default for RestartPolicy {
 
 impl ServeConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.roles != Roles::ALL {
+            // The embedded log and store live in one process's folder: a
+            // role on its own would write where no other role reads.
+            let role = self.roles.command();
+            if self.kafka.is_none() {
+                bail!(
+                    "`quire {role}` runs one role beside others, which must share its log: \
+                     pass --kafka HOST:PORT (the embedded log under --data is this process's alone). \
+                     To run every role in one process on the embedded log, use `quire serve`"
+                );
+            }
+            if self.postgres.is_none() {
+                bail!(
+                    "`quire {role}` runs one role beside others, which must share its store: \
+                     pass --postgres URL (the embedded store under --data is this process's alone, \
+                     and other processes would never see the snapshots and history it holds). \
+                     To run every role in one process on the embedded store, use `quire serve`"
+                );
+            }
+        }
+        if let Some(k) = &self.kafka {
+            if k.brokers.trim().is_empty() {
+                bail!("--kafka needs HOST:PORT[,HOST:PORT…]");
+            }
+            if k.replication == 0 {
+                bail!("--kafka-replication must be at least 1");
+            }
+        }
         if self.jwt_secret.is_none() && !self.addr.ip().is_loopback() && !self.insecure {
             bail!(
                 "refusing to listen on {} without QUIRE_JWT_SECRET: anyone could edit any document. \
@@ -106,30 +193,54 @@ impl ServeConfig {
     }
 }
 
-/// The log and store every role shares.
+/// The log and store every role shares, and the metrics registry they
+/// report to.
 #[derive(Clone)]
 pub struct Backends {
     pub log: Arc<dyn OpLog>,
     pub store: Arc<dyn Store>,
     pub topics: Topics,
+    pub registry: Registry,
 }
 
-/// Opens the embedded log under `config.data` (creating topics) and the
-/// store: PostgreSQL with `config.postgres`, else the embedded store.
+/// Opens the log (the broker with `config.kafka`, creating missing topics;
+/// else the embedded log under `config.data`) and the store (PostgreSQL
+/// with `config.postgres`, else the embedded store).
 pub async fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
     config.validate()?;
+    let registry = Registry::new();
     let topics = Topics::with_prefix(&config.topic_prefix);
-    let log: Arc<dyn OpLog> = Arc::new(
-        EmbeddedLog::open(EmbeddedLogConfig {
-            dir: config.data.join("log"),
-            topics: vec![
-                (topics.ops.clone(), config.partitions),
-                (topics.applied.clone(), config.partitions),
-                (topics.presence.clone(), config.partitions),
-            ],
-        })
-        .with_context(|| format!("opening the embedded log under {}", config.data.display()))?,
-    );
+    let log: Arc<dyn OpLog> = match &config.kafka {
+        Some(k) => {
+            let mut c = KafkaConfig::new(&k.brokers);
+            c.partitions = config.partitions;
+            c.replication = k.replication;
+            c.delete_records = k.delete_records;
+            c.session_timeout = k.session_timeout;
+            c.client_id = format!("quire-{}", config.roles.command());
+            c.instance_id = Some(instance_id(&config.data)?);
+            c.topics = vec![
+                (topics.ops.clone(), true),
+                (topics.applied.clone(), true),
+                (topics.presence.clone(), false),
+            ];
+            let log = KafkaLog::connect(c, KafkaMetrics::new(&registry))
+                .await
+                .with_context(|| format!("connecting to the Kafka brokers {}", k.brokers))?;
+            Arc::new(log)
+        }
+        None => Arc::new(
+            EmbeddedLog::open(EmbeddedLogConfig {
+                dir: config.data.join("log"),
+                topics: vec![
+                    (topics.ops.clone(), config.partitions),
+                    (topics.applied.clone(), config.partitions),
+                    (topics.presence.clone(), config.partitions),
+                ],
+            })
+            .with_context(|| format!("opening the embedded log under {}", config.data.display()))?,
+        ),
+    };
     // Snapshot rows stay under the record limit too.
     let chunk = store::SNAPSHOT_CHUNK.min(config.limits.max_record_bytes / 2);
     let store: Arc<dyn Store> = match &config.postgres {
@@ -142,7 +253,37 @@ pub async fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
                 .with_snapshot_chunk(chunk),
         ),
     };
-    Ok(Backends { log, store, topics })
+    Ok(Backends {
+        log,
+        store,
+        topics,
+        registry,
+    })
+}
+
+/// This process's name in its consumer groups (Kafka static membership),
+/// kept in `data/instance-id`: a process restarted on the same folder takes
+/// its old place in the groups at once.
+fn instance_id(data: &std::path::Path) -> anyhow::Result<String> {
+    let path = data.join("instance-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("creating the data folder {}", data.display()))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let id = format!("quire-{:x}-{:x}", std::process::id(), nanos);
+    let tmp = data.join("instance-id.tmp");
+    std::fs::write(&tmp, &id)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 /// Connects to PostgreSQL, retrying for about half a minute: a database
@@ -166,30 +307,34 @@ async fn connect_postgres(url: &str) -> anyhow::Result<PostgresStore> {
     }
 }
 
-/// Runs every role until `shutdown`, serving on `listener`.
+/// Runs the configured roles until `shutdown`, serving on `listener`: the
+/// editors' API when the process is a gateway, else `/healthz`, `/readyz`
+/// and `/metrics` only.
 pub async fn run(
     config: ServeConfig,
     backends: Backends,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Backends { log, store, topics } = backends;
-    let registry = Registry::new();
+    let Backends {
+        log,
+        store,
+        topics,
+        registry,
+    } = backends;
+    let roles = config.roles;
 
-    let fanout = Fanout::new(
-        FanoutConfig {
-            topics: topics.clone(),
-            window: config.window,
-            subscriber_queue: config.limits.subscriber_queue,
-            max_idle_docs: config.idle_doc_cache,
-        },
-        log.clone(),
-        store.clone(),
-        fanout::Metrics::new(&registry),
-    )
-    .await?;
-
-    let health = Health::new(&["transformer", "fanout", "compactor"]);
+    let mut names = Vec::new();
+    if roles.transformer {
+        names.push("transformer");
+    }
+    if roles.gateway {
+        names.push("fanout");
+    }
+    if roles.compactor {
+        names.push("compactor");
+    }
+    let health = Health::new(&names);
     let sup = Supervisor {
         policy: config.restarts,
         health: health.clone(),
@@ -205,7 +350,7 @@ pub async fn run(
     };
     registry.register(Box::new(sup.restarts.clone()))?;
     let mut tasks = JoinSet::new();
-    {
+    if roles.transformer {
         let cfg = TransformerConfig {
             topics: topics.clone(),
             core: CoreConfig {
@@ -215,6 +360,7 @@ pub async fn run(
                 max_record_bytes: config.limits.max_record_bytes,
             },
             max_docs: config.doc_cache,
+            joined: Some(health.until_joined("transformer")),
             ..TransformerConfig::default()
         };
         let (log, store, m) = (
@@ -226,14 +372,7 @@ pub async fn run(
             transformer::run(cfg.clone(), log.clone(), store.clone(), m.clone(), s)
         }));
     }
-    {
-        let f = fanout.clone();
-        tasks.spawn(supervise("fanout", sup.clone(), move |s| {
-            let f = f.clone();
-            async move { f.run(s).await }
-        }));
-    }
-    {
+    if roles.compactor {
         let cfg = CompactorConfig {
             topics: topics.clone(),
             window: config.window,
@@ -241,6 +380,7 @@ pub async fn run(
             retain_records: config.retain_records,
             truncate_every: config.truncate_every,
             max_docs: config.doc_cache,
+            joined: Some(health.until_joined("compactor")),
         };
         let (log, store, m) = (
             log.clone(),
@@ -252,23 +392,46 @@ pub async fn run(
         }));
     }
 
-    let auth = match &config.jwt_secret {
-        Some(s) => Auth::hs256(s.as_bytes()),
-        None => {
-            tracing::warn!("no QUIRE_JWT_SECRET: running OPEN, every request is user 'anonymous' with write access");
-            Auth::open()
+    let app = if roles.gateway {
+        let fanout = Fanout::new(
+            FanoutConfig {
+                topics: topics.clone(),
+                window: config.window,
+                subscriber_queue: config.limits.subscriber_queue,
+                max_idle_docs: config.idle_doc_cache,
+            },
+            log.clone(),
+            store.clone(),
+            fanout::Metrics::new(&registry),
+        )
+        .await?;
+        {
+            let f = fanout.clone();
+            tasks.spawn(supervise("fanout", sup.clone(), move |s| {
+                let f = f.clone();
+                async move { f.run(s).await }
+            }));
         }
+        let auth = match &config.jwt_secret {
+            Some(s) => Auth::hs256(s.as_bytes()),
+            None => {
+                tracing::warn!("no QUIRE_JWT_SECRET: running OPEN, every request is user 'anonymous' with write access");
+                Auth::open()
+            }
+        };
+        let ingest = Ingest::new(
+            log.clone(),
+            topics.ops.clone(),
+            topics.presence.clone(),
+            config.limits.clone(),
+            ingest::Metrics::new(&registry),
+        );
+        let feed = Arc::new(LocalFeed(fanout));
+        let gateway = Gateway::new(auth, ingest, feed, registry, health, shutdown.clone());
+        ingest::router(gateway)
+    } else {
+        ops_router(registry, health, log.clone(), store.clone())
     };
-    let ingest = Ingest::new(
-        log.clone(),
-        topics.ops.clone(),
-        topics.presence.clone(),
-        config.limits.clone(),
-        ingest::Metrics::new(&registry),
-    );
-    let feed = Arc::new(LocalFeed(fanout));
-    let gateway = Gateway::new(auth, ingest, feed, registry, health, shutdown.clone());
-    let app = ingest::router(gateway);
     let s = shutdown.clone();
     // Small frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
     let listener = listener.tap_io(|tcp| {
@@ -297,6 +460,60 @@ pub async fn run(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The HTTP surface of a process without the editors' API (a transformer
+/// or compactor on its own): liveness, readiness (its roles are up, the log
+/// and store answer) and metrics.
+fn ops_router(
+    registry: Registry,
+    health: Health,
+    log: Arc<dyn OpLog>,
+    store: Arc<dyn Store>,
+) -> axum::Router {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use prometheus::Encoder;
+    let ready = move || {
+        let (health, log, store) = (health.clone(), log.clone(), store.clone());
+        async move {
+            let down = health.down();
+            if !down.is_empty() {
+                let msg = format!("role down: {}\n", down.join(", "));
+                return (StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
+            }
+            let probe = tokio::time::timeout(Duration::from_secs(3), async {
+                log.ping().await.is_ok() && store.ping().await.is_ok()
+            });
+            if probe.await.unwrap_or(false) {
+                (StatusCode::OK, "ready\n").into_response()
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "log or store unavailable\n",
+                )
+                    .into_response()
+            }
+        }
+    };
+    let metrics = move || {
+        let registry = registry.clone();
+        async move {
+            let mut buf = Vec::new();
+            let enc = prometheus::TextEncoder::new();
+            match enc.encode(&registry.gather(), &mut buf) {
+                Ok(()) => {
+                    ([(header::CONTENT_TYPE, enc.format_type().to_owned())], buf).into_response()
+                }
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            }
+        }
+    };
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
 }
 
 /// What every role's supervisor shares.

@@ -23,9 +23,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run every role (ingest, transformer, fanout, compactor) in one process
-    /// on the embedded log and store.
+    /// Run every role (ingest, transformer, fanout, compactor) in one
+    /// process: on the embedded log and store by default, or on a Kafka
+    /// broker (--kafka) and PostgreSQL (--postgres).
     Serve(Box<ServeArgs>),
+    /// Run ingest and fanout (the WebSocket and HTTP API) as their own
+    /// process; needs --kafka and --postgres.
+    Gateway(Box<ServeArgs>),
+    /// Run the transformer as its own process (one of a consumer group);
+    /// needs --kafka and --postgres.
+    Transformer(Box<ServeArgs>),
+    /// Run the compactor as its own process (one of a consumer group);
+    /// needs --kafka and --postgres.
+    Compactor(Box<ServeArgs>),
 }
 
 #[derive(clap::Args)]
@@ -42,9 +52,22 @@ struct ServeArgs {
     /// Allow running open (no secret) on a non-loopback address.
     #[arg(long, env = "QUIRE_INSECURE")]
     insecure: bool,
-    /// Kafka-compatible brokers. Not available in this build yet: giving it is an error.
+    /// Kafka-protocol brokers (`host:port[,host:port…]`) for the log
+    /// instead of the embedded one. Missing topics are created.
     #[arg(long, env = "QUIRE_KAFKA")]
     kafka: Option<String>,
+    /// Replication factor of the topics Quire creates on the broker.
+    #[arg(long, env = "QUIRE_KAFKA_REPLICATION", default_value_t = 1)]
+    kafka_replication: u32,
+    /// The broker implements DeleteRecords (Apache Kafka, Redpanda): the
+    /// compactor truncates the topics. Leave off for brokers without it
+    /// (tansu): they keep every record.
+    #[arg(long, env = "QUIRE_KAFKA_DELETE_RECORDS")]
+    kafka_delete_records: bool,
+    /// Milliseconds a dead transformer or compactor process keeps its
+    /// partitions before the group hands them on.
+    #[arg(long, env = "QUIRE_KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    kafka_session_timeout_ms: u64,
     /// ScyllaDB nodes. Not available in this build yet: giving it is an error.
     #[arg(long, env = "QUIRE_SCYLLA")]
     scylla: Option<String>,
@@ -122,10 +145,10 @@ struct ServeArgs {
 }
 
 impl ServeArgs {
-    fn into_config(self) -> anyhow::Result<ServeConfig> {
-        if self.kafka.is_some() || self.scylla.is_some() {
+    fn into_config(self, roles: quire::Roles) -> anyhow::Result<ServeConfig> {
+        if self.scylla.is_some() {
             anyhow::bail!(
-                "--kafka and --scylla are not available in this build yet; run without them to use the embedded log and store"
+                "--scylla is not available in this build yet; use --postgres, or the embedded store with `quire serve`"
             );
         }
         let limits = Limits {
@@ -141,7 +164,18 @@ impl ServeArgs {
             max_pending_posts: self.max_pending_posts,
             post_timeout_ms: self.post_timeout_ms,
         };
+        let kafka = self
+            .kafka
+            .filter(|s| !s.is_empty())
+            .map(|brokers| quire::KafkaSettings {
+                brokers,
+                replication: self.kafka_replication,
+                delete_records: self.kafka_delete_records,
+                session_timeout: Duration::from_millis(self.kafka_session_timeout_ms),
+            });
         let config = ServeConfig {
+            roles,
+            kafka,
             addr: self.addr,
             data: self.data,
             jwt_secret: self.jwt_secret.filter(|s| !s.is_empty()),
@@ -186,7 +220,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.cmd {
-        Cmd::Serve(args) => rt.block_on(serve(args.into_config()?)),
+        Cmd::Serve(args) => rt.block_on(serve(args.into_config(quire::Roles::ALL)?)),
+        Cmd::Gateway(args) => rt.block_on(serve(args.into_config(quire::Roles::GATEWAY)?)),
+        Cmd::Transformer(args) => rt.block_on(serve(args.into_config(quire::Roles::TRANSFORMER)?)),
+        Cmd::Compactor(args) => rt.block_on(serve(args.into_config(quire::Roles::COMPACTOR)?)),
     }
 }
 
@@ -201,9 +238,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if config.jwt_secret.is_none() {
         println!("quire: OPEN mode (no QUIRE_JWT_SECRET): every request acts as user 'anonymous'");
     }
+    let log = match &config.kafka {
+        Some(k) => format!("log on Kafka {}", k.brokers),
+        None => format!("data in {}", config.data.display()),
+    };
     println!(
-        "quire listening on http://{local} (data in {})",
-        config.data.display()
+        "quire listening on http://{local} ({}, {log})",
+        config.roles.command()
     );
     std::io::stdout().flush()?;
     let shutdown = CancellationToken::new();

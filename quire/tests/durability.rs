@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use client::{Client, CoreEvent};
-use common::{random_edit, Server};
+use common::{all_ops, history_page, random_edit, replay_history, Server};
 use testkit::SplitMix64;
 
 const T: Duration = Duration::from_secs(30);
@@ -64,7 +64,7 @@ async fn kill_9_mid_stream_loses_nothing_acknowledged() {
         "the clients were acknowledged only {} ops before the kill",
         acked.len()
     );
-    let history = all_ops(&server, "durable");
+    let history = all_ops(&server.addr, "durable");
     for (client, cseq, seq) in &acked {
         assert_eq!(
             history.get(&(client.clone(), *cseq)),
@@ -90,7 +90,7 @@ async fn kill_9_mid_stream_loses_nothing_acknowledged() {
         );
     }
     // Nothing applied twice: each (client, cseq) once in the history.
-    let history_again = all_ops(&server, "durable");
+    let history_again = all_ops(&server.addr, "durable");
     assert_eq!(history_again.len(), count_ops(&server, "durable"));
     println!(
         "acknowledged before the kill: {}, history after: {}",
@@ -99,40 +99,11 @@ async fn kill_9_mid_stream_loses_nothing_acknowledged() {
     );
 }
 
-fn page(server: &Server, doc: &str, after: u64) -> serde_json::Value {
-    let (status, page) = server.get(&format!("/v1/docs/{doc}/ops?after={after}&limit=2000"));
-    assert_eq!(status, 200, "{page}");
-    page
-}
-
-fn all_ops(server: &Server, doc: &str) -> HashMap<(String, u64), u64> {
-    let mut out = HashMap::new();
-    let mut after = 0;
-    loop {
-        let p = page(server, doc, after);
-        for o in p["ops"].as_array().unwrap() {
-            let key = (
-                o["client"].as_str().unwrap().to_owned(),
-                o["cseq"].as_u64().unwrap(),
-            );
-            assert!(
-                out.insert(key.clone(), o["seq"].as_u64().unwrap())
-                    .is_none(),
-                "{key:?} applied twice"
-            );
-        }
-        match p["next"].as_u64() {
-            Some(n) => after = n,
-            None => return out,
-        }
-    }
-}
-
 fn count_ops(server: &Server, doc: &str) -> usize {
     let mut n = 0;
     let mut after = 0;
     loop {
-        let p = page(server, doc, after);
+        let p = history_page(&server.addr, doc, after);
         n += p["ops"].as_array().unwrap().len();
         match p["next"].as_u64() {
             Some(x) => after = x,
@@ -218,7 +189,7 @@ async fn repeated_kills_during_compaction_lose_nothing() {
     let mut total = 0;
     let mut checked_versions = 0;
     for (d, doc) in docs.iter().enumerate() {
-        let history = all_ops(&server, doc);
+        let history = all_ops(&server.addr, doc);
         total += history.len();
         let (_, state) = server.get(&format!("/v1/docs/{doc}"));
         let version = state["seq"].as_u64().unwrap();
@@ -245,7 +216,7 @@ async fn repeated_kills_during_compaction_lose_nothing() {
         }
         // Time travel across truncated history (snapshots every 7 ops, the
         // topics truncated to 3 records) still rebuilds every version.
-        let texts = replay_history(&server, doc);
+        let texts = replay_history(&server.addr, doc);
         assert_eq!(
             texts.last_key_value(),
             Some((&version, &state["text"].as_str().unwrap().to_owned())),
@@ -289,30 +260,4 @@ async fn repeated_kills_during_compaction_lose_nothing() {
     }
     assert!(total > 50, "only {total} ops applied");
     println!("ops applied across three kills: {total}; time travel checked at {checked_versions} versions");
-}
-
-/// Every version of `doc` from 0 to now and its text, by replaying the
-/// whole history (`GET …/ops`, all pages) from the empty document.
-fn replay_history(server: &Server, doc: &str) -> BTreeMap<u64, String> {
-    let mut texts = BTreeMap::from([(0, String::new())]);
-    let mut text = String::new();
-    let mut after = 0;
-    loop {
-        let p = page(server, doc, after);
-        for o in p["ops"].as_array().unwrap() {
-            let (seq, prev) = (o["seq"].as_u64().unwrap(), o["prev"].as_u64().unwrap());
-            assert_eq!(
-                Some(&prev),
-                texts.last_key_value().map(|(v, _)| v),
-                "{doc}: history has a gap before {seq}"
-            );
-            let op: ot::Op = serde_json::from_value(o["op"].clone()).unwrap();
-            text = ot::apply(&text, &op).unwrap();
-            texts.insert(seq, text.clone());
-        }
-        match p["next"].as_u64() {
-            Some(n) => after = n,
-            None => return texts,
-        }
-    }
 }

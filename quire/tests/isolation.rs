@@ -188,13 +188,16 @@ async fn a_hammering_client_and_cold_loads_do_not_stall_other_documents() {
     // 1.5 ms; under this noise p50 3.3 ms, p99 10 ms; the code that loaded
     // and scanned the archive under the partition lock had p50 65 ms, p99
     // 73 ms here.
+    // Bounds are above the quiet run's own figures: on a broker every ack
+    // waits for two produce round trips and two fetches (quiet p50 ~27 ms
+    // on the local tansu), which is latency, not a stall.
     assert!(
-        pct(&noisy_run, 0.5) < Duration::from_millis(25),
+        pct(&noisy_run, 0.5) < pct(&baseline, 0.5) + Duration::from_millis(25),
         "a third document stalled: p50 {:?}",
         pct(&noisy_run, 0.5)
     );
     assert!(
-        pct(&noisy_run, 0.99) < Duration::from_millis(250),
+        pct(&noisy_run, 0.99) < pct(&baseline, 0.99) + Duration::from_millis(250),
         "a third document stalled: p99 {:?}",
         pct(&noisy_run, 0.99)
     );

@@ -31,6 +31,8 @@ impl Intercept for Flaky {
 
 fn config(data: &std::path::Path, max_restarts: u32) -> ServeConfig {
     ServeConfig {
+        roles: quire::Roles::ALL,
+        kafka: None,
         addr: "127.0.0.1:0".parse().unwrap(),
         data: data.to_owned(),
         jwt_secret: None,

@@ -1,13 +1,13 @@
 use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use document::{load, DocCache, DocState, LoadError, Sources, Topics, TRANSFORMER_GROUP};
+use document::{load, DocCache, DocState, LoadError, Sources, Topics};
 use oplog::{LogError, Offset, OpLog, Partition};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use protocol::{decode_out_record, decode_raw_record, OutRecord};
 use store::Store;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -21,6 +21,8 @@ pub struct TransformerConfig {
     pub batch: usize,
     /// Documents kept in memory per partition (least recently used go first).
     pub max_docs: usize,
+    /// Set once the consumer group first assigned this process partitions.
+    pub joined: Option<Arc<AtomicBool>>,
 }
 
 impl Default for TransformerConfig {
@@ -30,6 +32,7 @@ impl Default for TransformerConfig {
             core: CoreConfig::default(),
             batch: 500,
             max_docs: 1024,
+            joined: None,
         }
     }
 }
@@ -113,20 +116,21 @@ pub async fn run(
         });
     }
     let config = Arc::new(config);
-    // One task per partition; the first to fail stops the others and the
-    // role returns its error (its supervisor restarts it from the log).
-    let stop = shutdown.child_token();
-    let mut tasks = JoinSet::new();
-    for p in 0..a {
-        let (config, log, store, metrics, stop) = (
-            config.clone(),
-            log.clone(),
-            store.clone(),
-            metrics.clone(),
-            stop.clone(),
-        );
-        let span = tracing::info_span!("transformer", partition = p);
-        tasks.spawn(
+    // One task per partition this process owns (all of them, unless other
+    // transformer processes share the group); the first to fail stops the
+    // others and the role returns its error (its supervisor restarts it
+    // from the log).
+    let membership = log
+        .join(&config.topics.transformer_group, &config.topics.ops)
+        .await?;
+    oplog::run_owned(
+        membership,
+        config.joined.as_deref(),
+        &shutdown,
+        |p, stop| {
+            let (config, log, store, metrics) =
+                (config.clone(), log.clone(), store.clone(), metrics.clone());
+            let span = tracing::info_span!("transformer", partition = p);
             async move {
                 let docs = DocCache::new(config.max_docs);
                 let mut part = PartitionWorker {
@@ -137,31 +141,15 @@ pub async fn run(
                     metrics,
                     docs,
                 };
-                part.run(&stop).await
+                match tokio::spawn(async move { part.run(&stop).await }.instrument(span)).await {
+                    Ok(r) => r,
+                    Err(e) => Err(TransformerError::Panicked(e.to_string())),
+                }
             }
-            .instrument(span),
-        );
-    }
-    first_failure(tasks, &stop).await
-}
-
-/// Waits for every partition task; on the first failure cancels the rest
-/// and returns it.
-async fn first_failure(
-    mut tasks: JoinSet<Result<(), TransformerError>>,
-    stop: &CancellationToken,
-) -> Result<(), TransformerError> {
-    while let Some(done) = tasks.join_next().await {
-        let failed = match done {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => e,
-            Err(e) => TransformerError::Panicked(e.to_string()),
-        };
-        stop.cancel();
-        tasks.shutdown().await;
-        return Err(failed);
-    }
-    Ok(())
+        },
+        || TransformerError::Log(LogError::Closed),
+    )
+    .await
 }
 
 struct PartitionWorker {
@@ -190,7 +178,7 @@ impl PartitionWorker {
         let t = &self.config.topics;
         let committed = self
             .log
-            .committed(TRANSFORMER_GROUP, &t.ops, self.p)
+            .committed(&t.transformer_group, &t.ops, self.p)
             .await?
             .unwrap_or(0);
         let start = self.log.log_start(&t.ops, self.p).await?;
@@ -254,6 +242,15 @@ impl PartitionWorker {
                 }
                 touched.insert(raw.doc.clone());
                 let state = self.docs.get_mut(&raw.doc).expect("loaded above");
+                if rec.offset < state.version {
+                    // (its seq, offset + 1, is not above the version)
+                    // Decided already: this process resumed behind the
+                    // applied topic (another owner got further, or a
+                    // crash between produce and commit). Its answer is
+                    // in the log; a second one would come from a later
+                    // state than the first did.
+                    continue;
+                }
                 match process(state, &raw, rec.offset + 1, &self.config.core) {
                     Outcome::Applied(a) => {
                         self.metrics.applied.inc();
@@ -277,7 +274,7 @@ impl PartitionWorker {
                 }
             }
             self.log
-                .commit(TRANSFORMER_GROUP, &topics.ops, self.p, next)
+                .commit(&topics.transformer_group, &topics.ops, self.p, next)
                 .await?;
             pos = next;
         }

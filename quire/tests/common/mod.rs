@@ -12,6 +12,8 @@ pub struct Server {
     child: Child,
     pub addr: String,
     pub data: PathBuf,
+    /// `serve`, or a role: `gateway`, `transformer`, `compactor`.
+    cmd: String,
     args: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -38,15 +40,44 @@ impl Server {
         s
     }
 
-    fn spawn(data: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Server {
-        let (child, addr) = launch(data, &args, &env);
+    fn spawn(data: &Path, mut args: Vec<String>, env: Vec<(String, String)>) -> Server {
+        args.extend(kafka_args());
+        let (child, addr) = launch("serve", data, &args, &env);
         Server {
             child,
             addr,
             data: data.to_owned(),
+            cmd: "serve".into(),
             args,
             _tmp: None,
         }
+    }
+
+    /// One role as its own process (`gateway`, `transformer`, `compactor`)
+    /// on `data`, with exactly `args` (broker, store and topics included).
+    pub fn role(cmd: &str, data: &Path, args: &[String]) -> Server {
+        let (child, addr) = launch(cmd, data, args, &[]);
+        Server {
+            child,
+            addr,
+            data: data.to_owned(),
+            cmd: cmd.into(),
+            args: args.to_vec(),
+            _tmp: None,
+        }
+    }
+
+    /// `kill -9`, without a restart.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    /// A new process with the same command, folder and flags.
+    pub fn restart(&mut self) {
+        let (child, addr) = launch(&self.cmd, &self.data, &self.args, &[]);
+        self.child = child;
+        self.addr = addr;
     }
 
     pub fn ws(&self) -> String {
@@ -55,11 +86,8 @@ impl Server {
 
     /// `kill -9`, then a new process on the same data folder.
     pub fn kill_and_restart(&mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-        let (child, addr) = launch(&self.data, &self.args, &[]);
-        self.child = child;
-        self.addr = addr;
+        self.kill();
+        self.restart();
     }
 
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
@@ -71,9 +99,50 @@ impl Server {
     }
 }
 
-fn launch(data: &Path, args: &[String], env: &[(String, String)]) -> (Child, String) {
+/// The broker the scenarios run on: `QUIRE_TEST_LOG=kafka` with
+/// `QUIRE_TEST_KAFKA=host:port` (`.ci/run` runs the suite once on the
+/// embedded log and once on its broker). Each server gets topics of its
+/// own, kept across its restarts.
+pub fn kafka_broker() -> Option<String> {
+    if std::env::var("QUIRE_TEST_LOG").as_deref() != Ok("kafka") {
+        return None;
+    }
+    let b = std::env::var("QUIRE_TEST_KAFKA")
+        .expect("QUIRE_TEST_LOG=kafka needs QUIRE_TEST_KAFKA=host:port");
+    Some(b)
+}
+
+pub fn kafka_args() -> Vec<String> {
+    match kafka_broker() {
+        None => vec![],
+        Some(b) => vec![
+            "--kafka".into(),
+            b,
+            "--topic-prefix".into(),
+            unique_prefix(),
+        ],
+    }
+}
+
+/// A topic prefix no other server or test run uses.
+pub fn unique_prefix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "t{}-{}-{}.",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn launch(sub: &str, data: &Path, args: &[String], env: &[(String, String)]) -> (Child, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quire"));
-    cmd.arg("serve")
+    cmd.arg(sub)
         .arg("--addr")
         .arg("127.0.0.1:0")
         .arg("--data")
@@ -83,7 +152,11 @@ fn launch(data: &Path, args: &[String], env: &[(String, String)]) -> (Child, Str
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.env("QUIRE_LOG", "error");
+    // QUIRE_TEST_SERVER_LOG=info shows the servers' logs when debugging.
+    cmd.env(
+        "QUIRE_LOG",
+        std::env::var("QUIRE_TEST_SERVER_LOG").unwrap_or_else(|_| "error".into()),
+    );
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("spawn quire");
     let stdout = child.stdout.take().unwrap();
@@ -99,7 +172,27 @@ fn launch(data: &Path, args: &[String], env: &[(String, String)]) -> (Child, Str
     };
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
+    if kafka_broker().is_some() || args.iter().any(|a| a == "--kafka") {
+        // On a broker the roles first join their consumer groups.
+        wait_ready(&addr, Duration::from_secs(90));
+    }
     (child, addr)
+}
+
+/// Waits for `/readyz` to answer 200.
+pub fn wait_ready(addr: &str, limit: Duration) {
+    let began = std::time::Instant::now();
+    loop {
+        let (status, body) = http(addr, "GET", "/readyz", None, None);
+        if status == 200 {
+            return;
+        }
+        assert!(
+            began.elapsed() < limit,
+            "{addr} not ready after {limit:?}: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 impl Drop for Server {
@@ -192,5 +285,69 @@ pub fn random_edit(r: &mut testkit::SplitMix64, text: &str) -> ot::Op {
     } else {
         const WORDS: &[&str] = &["a", "bc", "é", "中文", "😀", " ", "\n", "xyz"];
         ot::Op::splice(pos, 0, r.pick::<&str>(WORDS))
+    }
+}
+
+/// One page of a document's history (`GET …/ops`).
+pub fn history_page(addr: &str, doc: &str, after: u64) -> serde_json::Value {
+    let (status, page) = http(
+        addr,
+        "GET",
+        &format!("/v1/docs/{doc}/ops?after={after}&limit=2000"),
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{page}");
+    page
+}
+
+/// Every op of a document's history, `(client, cseq) -> seq`; panics on an
+/// op applied twice.
+pub fn all_ops(addr: &str, doc: &str) -> std::collections::HashMap<(String, u64), u64> {
+    let mut out = std::collections::HashMap::new();
+    let mut after = 0;
+    loop {
+        let p = history_page(addr, doc, after);
+        for o in p["ops"].as_array().unwrap() {
+            let key = (
+                o["client"].as_str().unwrap().to_owned(),
+                o["cseq"].as_u64().unwrap(),
+            );
+            assert!(
+                out.insert(key.clone(), o["seq"].as_u64().unwrap())
+                    .is_none(),
+                "{key:?} applied twice"
+            );
+        }
+        match p["next"].as_u64() {
+            Some(n) => after = n,
+            None => return out,
+        }
+    }
+}
+
+/// The text at every version, replayed from the history; panics on a gap
+/// in the `prev` chain.
+pub fn replay_history(addr: &str, doc: &str) -> std::collections::BTreeMap<u64, String> {
+    let mut texts = std::collections::BTreeMap::from([(0, String::new())]);
+    let mut text = String::new();
+    let mut after = 0;
+    loop {
+        let p = history_page(addr, doc, after);
+        for o in p["ops"].as_array().unwrap() {
+            let (seq, prev) = (o["seq"].as_u64().unwrap(), o["prev"].as_u64().unwrap());
+            assert_eq!(
+                Some(&prev),
+                texts.last_key_value().map(|(v, _)| v),
+                "{doc}: history has a gap before {seq}"
+            );
+            let op: ot::Op = serde_json::from_value(o["op"].clone()).unwrap();
+            text = ot::apply(&text, &op).unwrap();
+            texts.insert(seq, text.clone());
+        }
+        match p["next"].as_u64() {
+            Some(n) => after = n,
+            None => return texts,
+        }
     }
 }

@@ -1,0 +1,237 @@
+//! The multi-process deployment, for real: a Kafka-protocol broker,
+//! PostgreSQL, two gateways, two transformers and one compactor, each its
+//! own `quire` process. Editors on different gateways edit the same
+//! documents; mid-stream one transformer and one gateway are killed with
+//! `kill -9` and restarted. Every editor converges, sees every op exactly
+//! once and in order, no acknowledged op is lost, and history and time
+//! travel agree from either gateway. Runs when `QUIRE_TEST_KAFKA` and
+//! `QUIRE_TEST_POSTGRES` name servers (`.ci/run` starts both).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use client::{Client, CoreEvent};
+use common::{all_ops, http, random_edit, replay_history, unique_prefix, Server};
+use testkit::SplitMix64;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(60);
+const DOCS: [&str; 3] = ["m-a", "m-b", "m-c"];
+
+fn services() -> Option<(String, String)> {
+    let get = |k: &str| std::env::var(k).ok().filter(|s| !s.trim().is_empty());
+    match (get("QUIRE_TEST_KAFKA"), get("QUIRE_TEST_POSTGRES")) {
+        (Some(k), Some(p)) => Some((k, p)),
+        (k, p) => {
+            let mut missing = Vec::new();
+            if k.is_none() {
+                missing.push("a Kafka broker (set QUIRE_TEST_KAFKA=host:port)");
+            }
+            if p.is_none() {
+                missing.push("PostgreSQL (set QUIRE_TEST_POSTGRES)");
+            }
+            println!(
+                "SKIPPED: the multi-process deployment test needs {}",
+                missing.join(" and ")
+            );
+            None
+        }
+    }
+}
+
+/// An editor that keeps typing until `stop`, moving to the other gateway
+/// when its own goes away.
+async fn edit_until(
+    mut c: Client,
+    doc: &'static str,
+    mut gateway: usize,
+    gateways: Arc<Mutex<[String; 2]>>,
+    seed: u64,
+    stop: CancellationToken,
+) -> Client {
+    let mut r = SplitMix64::new(seed);
+    while !stop.is_cancelled() {
+        let op = random_edit(&mut r, &c.text());
+        let ok = c.edit(op).await.is_ok() && c.settle(T).await.is_ok();
+        if ok {
+            continue;
+        }
+        // The gateway died under us (or stalled): the other one serves the
+        // same documents. Try until one answers.
+        loop {
+            gateway = 1 - gateway;
+            let base = format!("ws://{}", gateways.lock().unwrap()[gateway]);
+            c.retarget(&base, doc);
+            if c.reconnect().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_two_transformers_and_a_compactor_survive_kill_9() {
+    let Some((broker, pg)) = services() else {
+        return;
+    };
+    let (admin, conn) = tokio_postgres::connect(&pg, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let db = format!("quire_deploy_{}", std::process::id());
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let url = format!("{pg} dbname={db}");
+    let prefix = unique_prefix();
+    let args: Vec<String> = [
+        "--kafka",
+        &broker,
+        "--postgres",
+        &url,
+        "--topic-prefix",
+        &prefix,
+        "--partitions",
+        "4",
+        "--snapshot-every",
+        "10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name);
+
+    let _compactor = Server::role("compactor", &dir("compactor"), &args);
+    let mut transformer_a = Server::role("transformer", &dir("transformer-a"), &args);
+    let _transformer_b = Server::role("transformer", &dir("transformer-b"), &args);
+    let mut gateway_1 = Server::role("gateway", &dir("gateway-1"), &args);
+    let gateway_2 = Server::role("gateway", &dir("gateway-2"), &args);
+    let gateways = Arc::new(Mutex::new([gateway_1.addr.clone(), gateway_2.addr.clone()]));
+
+    // Six editors, two per document, on alternating gateways.
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let doc = DOCS[i % DOCS.len()];
+        let g = i % 2;
+        let base = format!("ws://{}", gateways.lock().unwrap()[g]);
+        let c = Client::connect(&base, doc, &format!("e{i}"), None)
+            .await
+            .unwrap();
+        tasks.push(tokio::spawn(edit_until(
+            c,
+            doc,
+            g,
+            gateways.clone(),
+            i as u64,
+            stop.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Mid-stream: one transformer and one gateway die.
+    transformer_a.kill();
+    gateway_1.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    transformer_a.restart();
+    gateway_1.restart();
+    gateways.lock().unwrap()[0] = gateway_1.addr.clone();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    for c in clients.iter_mut() {
+        c.settle(T).await.unwrap();
+    }
+
+    let addrs = [gateway_1.addr.clone(), gateway_2.addr.clone()];
+    let (mut acked, mut lost, mut duplicates) = (0usize, 0usize, 0usize);
+    for (d, doc) in DOCS.iter().enumerate() {
+        // Both gateways tell the same story.
+        let (status, state) = http(&addrs[1], "GET", &format!("/v1/docs/{doc}"), None, None);
+        assert_eq!(status, 200, "{state}");
+        let (_, state_1) = http(&addrs[0], "GET", &format!("/v1/docs/{doc}"), None, None);
+        assert_eq!(state, state_1, "{doc}: the gateways disagree");
+        let version = state["seq"].as_u64().unwrap();
+        let text = state["text"].as_str().unwrap();
+        let history = all_ops(&addrs[1], doc);
+        assert_eq!(history, all_ops(&addrs[0], doc), "{doc}: histories differ");
+        let texts = replay_history(&addrs[1], doc);
+        assert_eq!(
+            texts,
+            replay_history(&addrs[0], doc),
+            "{doc}: replays differ"
+        );
+        assert_eq!(
+            texts.last_key_value(),
+            Some((&version, &text.to_owned())),
+            "{doc}: the history replays to the current state"
+        );
+        let seqs: BTreeSet<u64> = history.values().copied().collect();
+        for (i, c) in clients
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| i % DOCS.len() == d)
+        {
+            c.wait_version(version, T).await.unwrap();
+            assert_eq!(c.text(), text, "{doc}: editor {i} diverged");
+            let mut first_ready = None;
+            let mut applied: Vec<u64> = Vec::new();
+            for e in &c.events {
+                match e {
+                    CoreEvent::Ready(v) => {
+                        first_ready.get_or_insert(*v);
+                    }
+                    CoreEvent::Applied { seq, .. } => applied.push(*seq),
+                    CoreEvent::Acked { cseq, seq } => {
+                        acked += 1;
+                        if history.get(&(c.core.client_id.clone(), *cseq)) != Some(seq) {
+                            lost += 1;
+                        }
+                    }
+                    CoreEvent::Gap { .. } | CoreEvent::Desync { .. } => {
+                        panic!("{doc}: editor {i} saw {e:?}")
+                    }
+                    _ => {}
+                }
+            }
+            // Exactly once and in order: strictly increasing, and every
+            // version after the editor's first join.
+            duplicates += applied.windows(2).filter(|w| w[1] <= w[0]).count();
+            let from = first_ready.expect("the editor joined");
+            let expected: Vec<u64> = seqs.range(from + 1..).copied().collect();
+            let got: Vec<u64> = applied.iter().copied().filter(|s| *s > from).collect();
+            assert_eq!(
+                got.iter().collect::<BTreeSet<_>>().len(),
+                got.len(),
+                "{doc}: editor {i} saw an op twice"
+            );
+            assert_eq!(got, expected, "{doc}: editor {i} missed or reordered ops");
+        }
+        // Time travel from either gateway.
+        for v in texts.keys().filter(|v| *v % 7 == 0 || **v == version) {
+            for addr in &addrs {
+                let (_, at) = http(addr, "GET", &format!("/v1/docs/{doc}?at={v}"), None, None);
+                assert_eq!(
+                    (at["seq"].as_u64(), at["text"].as_str()),
+                    (Some(*v), Some(texts[v].as_str())),
+                    "{doc}?at={v} on {addr}"
+                );
+            }
+        }
+    }
+    println!("deployment: {acked} ops acknowledged, lost: {lost}, duplicates: {duplicates}");
+    assert!(acked > 30, "the editors got only {acked} acks");
+    assert_eq!((lost, duplicates), (0, 0));
+}
