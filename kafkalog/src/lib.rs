@@ -54,9 +54,13 @@ pub struct KafkaConfig {
     /// Whether the broker implements DeleteRecords. Off, the compactor
     /// archives and snapshots but never truncates.
     pub delete_records: bool,
-    /// Topics to create when missing: `(name, retained)`. Retained topics
-    /// get no time or size retention; the others (presence) keep an hour.
+    /// The topics Quire uses: `(name, retained)`. Created when missing
+    /// (with `create_topics`): retained topics get no time or size
+    /// retention; the others (presence) keep an hour.
     pub topics: Vec<(String, bool)>,
+    /// Create missing topics through the admin API. Off where an operator
+    /// (or a test cluster) creates them.
+    pub create_topics: bool,
     /// `client.id` prefix, for the broker's logs.
     pub client_id: String,
     /// Consumer group session timeout: how long a dead member keeps its
@@ -82,6 +86,7 @@ impl KafkaConfig {
             replication: 1,
             delete_records: false,
             topics: Vec::new(),
+            create_topics: true,
             client_id: "quire".into(),
             session_timeout: Duration::from_secs(10),
             max_readers: 128,
@@ -194,7 +199,7 @@ impl KafkaLog {
 
     async fn create_topics(&self) -> Result<(), LogError> {
         let c = &self.inner.config;
-        if c.topics.is_empty() {
+        if c.topics.is_empty() || !c.create_topics {
             return Ok(());
         }
         let admin: AdminClient<DefaultClientContext> = c.base("admin").create().map_err(storage)?;

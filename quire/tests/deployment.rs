@@ -62,7 +62,12 @@ async fn edit_until(
         }
         // The gateway died under us (or stalled): the other one serves the
         // same documents. Try until one answers.
+        let began = tokio::time::Instant::now();
         loop {
+            assert!(
+                began.elapsed() < T,
+                "{doc}: no gateway took the editor back within {T:?}"
+            );
             gateway = 1 - gateway;
             let base = format!("ws://{}", gateways.lock().unwrap()[gateway]);
             c.retarget(&base, doc);
