@@ -14,7 +14,9 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 const TOPIC: &str = "quire.ops";
 const PARTITIONS: u32 = 4;
 
-async fn log_on(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>) -> KafkaLog {
+async fn log_on(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+) -> KafkaLog {
     log_with(cluster, vec![]).await
 }
 
@@ -70,7 +72,10 @@ async fn assert_exactly_once_in_order(log: &KafkaLog, n: usize) {
             for r in &batch {
                 let v = String::from_utf8(r.value.clone()).unwrap();
                 let (_, i) = v.split_once(':').unwrap();
-                per_key.entry(r.key.clone()).or_default().push(i.parse().unwrap());
+                per_key
+                    .entry(r.key.clone())
+                    .or_default()
+                    .push(i.parse().unwrap());
             }
             from = batch.last().unwrap().offset + 1;
         }
@@ -129,7 +134,10 @@ async fn a_produce_whose_answer_is_late_is_appended_once() {
     let log = slow.await.unwrap();
     let mut per_key: HashMap<String, Vec<usize>> = HashMap::new();
     for p in 0..PARTITIONS {
-        let batch = log.fetch(TOPIC, p, 0, 10_000, Duration::ZERO).await.unwrap();
+        let batch = log
+            .fetch(TOPIC, p, 0, 10_000, Duration::ZERO)
+            .await
+            .unwrap();
         for r in batch {
             let v = String::from_utf8(r.value).unwrap();
             let (_, i) = v.split_once(':').unwrap();
@@ -183,7 +191,10 @@ async fn a_broker_lost_and_back_loses_nothing() {
     // 10 before and 30 after: keys restart at 0 in the second run.
     let mut per_key: HashMap<String, Vec<usize>> = HashMap::new();
     for p in 0..PARTITIONS {
-        let batch = log.fetch(TOPIC, p, 0, 10_000, Duration::ZERO).await.unwrap();
+        let batch = log
+            .fetch(TOPIC, p, 0, 10_000, Duration::ZERO)
+            .await
+            .unwrap();
         for r in batch {
             let v = String::from_utf8(r.value).unwrap();
             let (_, i) = v.split_once(':').unwrap();

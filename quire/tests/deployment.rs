@@ -14,8 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use client::{Client, CoreEvent};
-use common::{all_ops, http, random_edit, replay_history, unique_prefix, Server};
-use testkit::SplitMix64;
+use common::{all_ops, edit_until, http, replay_history, unique_prefix, Server};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
@@ -41,43 +40,6 @@ fn services() -> Option<(String, String)> {
             None
         }
     }
-}
-
-/// An editor that keeps typing until `stop`, moving to the other gateway
-/// when its own goes away.
-async fn edit_until(
-    mut c: Client,
-    doc: &'static str,
-    mut gateway: usize,
-    gateways: Arc<Mutex<[String; 2]>>,
-    seed: u64,
-    stop: CancellationToken,
-) -> Client {
-    let mut r = SplitMix64::new(seed);
-    while !stop.is_cancelled() {
-        let op = random_edit(&mut r, &c.text());
-        let ok = c.edit(op).await.is_ok() && c.settle(T).await.is_ok();
-        if ok {
-            continue;
-        }
-        // The gateway died under us (or stalled): the other one serves the
-        // same documents. Try until one answers.
-        let began = tokio::time::Instant::now();
-        loop {
-            assert!(
-                began.elapsed() < T,
-                "{doc}: no gateway took the editor back within {T:?}"
-            );
-            gateway = 1 - gateway;
-            let base = format!("ws://{}", gateways.lock().unwrap()[gateway]);
-            c.retarget(&base, doc);
-            if c.reconnect().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,7 +83,10 @@ async fn two_gateways_two_transformers_and_a_compactor_survive_kill_9() {
     let _transformer_b = Server::role("transformer", &dir("transformer-b"), &args);
     let mut gateway_1 = Server::role("gateway", &dir("gateway-1"), &args);
     let gateway_2 = Server::role("gateway", &dir("gateway-2"), &args);
-    let gateways = Arc::new(Mutex::new([gateway_1.addr.clone(), gateway_2.addr.clone()]));
+    let gateways = Arc::new(Mutex::new(vec![
+        gateway_1.addr.clone(),
+        gateway_2.addr.clone(),
+    ]));
 
     // Six editors, two per document, on alternating gateways.
     let stop = CancellationToken::new();

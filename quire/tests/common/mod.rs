@@ -351,3 +351,41 @@ pub fn replay_history(addr: &str, doc: &str) -> std::collections::BTreeMap<u64, 
         }
     }
 }
+
+/// An editor that keeps typing until `stop`, moving to the next of
+/// `gateways` (reconnecting with `since`) when its own goes away.
+pub async fn edit_until(
+    mut c: client::Client,
+    doc: &'static str,
+    mut gateway: usize,
+    gateways: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    seed: u64,
+    stop: tokio_util::sync::CancellationToken,
+) -> client::Client {
+    const T: Duration = Duration::from_secs(60);
+    let mut r = testkit::SplitMix64::new(seed);
+    while !stop.is_cancelled() {
+        let op = random_edit(&mut r, &c.text());
+        let ok = c.edit(op).await.is_ok() && c.settle(T).await.is_ok();
+        if ok {
+            continue;
+        }
+        // The gateway died under us (or stalled): the other one serves the
+        // same documents. Try until one answers.
+        let began = tokio::time::Instant::now();
+        loop {
+            assert!(
+                began.elapsed() < T,
+                "{doc}: no gateway took the editor back within {T:?}"
+            );
+            gateway = (gateway + 1) % gateways.lock().unwrap().len();
+            let base = format!("ws://{}", gateways.lock().unwrap()[gateway]);
+            c.retarget(&base, doc);
+            if c.reconnect().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    c
+}
