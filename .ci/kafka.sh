@@ -35,12 +35,26 @@ install_tansu() {
   "$TANSU_BIN" --version
 }
 
+# An independent Kafka client (kafka-python, from PyPI) for the test that
+# reads quire.applied as an audit job would.
+install_kafka_python() {
+  local venv="$TOOLS_DIR/kafka-python"
+  if ! "$venv/bin/python" -c 'import kafka' 2>/dev/null; then
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q kafka-python==2.0.2 || {
+      echo "error: could not install kafka-python from PyPI" >&2
+      return 1
+    }
+  fi
+  export QUIRE_TEST_KAFKA_PYTHON="$venv/bin/python"
+}
+
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 start_kafka() {
   install_tansu
+  install_kafka_python
   KAFKA_DIR=$(mktemp -d /tmp/quire-kafka.XXXXXX)
   local port
   port=$(free_port)

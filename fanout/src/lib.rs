@@ -191,6 +191,15 @@ impl Fanout {
         Ok(())
     }
 
+    /// The next applied offset each partition's consumer will read.
+    pub async fn positions(&self) -> Vec<oplog::Offset> {
+        let mut out = Vec::with_capacity(self.inner.parts.len());
+        for p in &self.inner.parts {
+            out.push(p.lock().await.pos);
+        }
+        out
+    }
+
     /// Whether log and store answer.
     pub async fn ready(&self) -> bool {
         self.inner.log.ping().await.is_ok() && self.inner.store.ping().await.is_ok()

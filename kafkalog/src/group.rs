@@ -1,7 +1,7 @@
 //! A consumer-group member that only owns partitions: it never reads them
 //! (they stay paused; the readers fetch), it hears rebalances and commits
-//! the group's positions with its generation, so a member that lost a
-//! partition cannot move that partition's position any more.
+//! the group's positions with its generation, so a member the group has
+//! moved on from (a new generation it is not part of) cannot commit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,8 +20,18 @@ pub(crate) struct Member {
 
 pub(crate) struct GroupContext {
     group: String,
-    events: mpsc::Sender<GroupEvent>,
+    /// Taken (closing the role's membership) when the member hits a fatal
+    /// error: the role stops, and its supervisor joins again.
+    events: std::sync::Mutex<Option<mpsc::Sender<GroupEvent>>>,
     metrics: KafkaMetrics,
+}
+
+impl GroupContext {
+    /// Hands an event to the role; false when it is gone.
+    fn send(&self, event: GroupEvent) -> bool {
+        let tx = self.events.lock().unwrap().clone();
+        tx.is_some_and(|tx| tx.blocking_send(event).is_ok())
+    }
 }
 
 fn partitions(tpl: &TopicPartitionList) -> Vec<Partition> {
@@ -35,10 +45,12 @@ impl ClientContext for GroupContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         use rdkafka::config::RDKafkaLogLevel as L;
         match level {
-            L::Emerg | L::Alert | L::Critical | L::Error => {
+            L::Emerg | L::Alert | L::Critical => {
                 tracing::error!(group = self.group, fac, "{log_message}")
             }
-            L::Warning => tracing::warn!(group = self.group, fac, "{log_message}"),
+            // librdkafka's errors are mostly transient (a broker away);
+            // it retries them itself.
+            L::Error | L::Warning => tracing::warn!(group = self.group, fac, "{log_message}"),
             L::Notice | L::Info => tracing::info!(group = self.group, fac, "{log_message}"),
             L::Debug => tracing::debug!(group = self.group, fac, "{log_message}"),
         }
@@ -58,14 +70,10 @@ impl ConsumerContext for GroupContext {
                 .with_label_values(&[&self.group])
                 .inc();
             let (done, stopped) = oneshot::channel();
-            if self
-                .events
-                .blocking_send(GroupEvent::Revoked {
-                    partitions: ps,
-                    done,
-                })
-                .is_ok()
-            {
+            if self.send(GroupEvent::Revoked {
+                partitions: ps,
+                done,
+            }) {
                 let _ = stopped.blocking_recv();
             }
         }
@@ -80,7 +88,7 @@ impl ConsumerContext for GroupContext {
                 }
                 let ps = partitions(tpl);
                 tracing::info!(group = self.group, partitions = ?ps, "partitions assigned");
-                let _ = self.events.blocking_send(GroupEvent::Assigned(ps));
+                self.send(GroupEvent::Assigned(ps));
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => {
@@ -123,7 +131,7 @@ impl Member {
         let (tx, rx) = mpsc::channel(16);
         let context = GroupContext {
             group: group.to_owned(),
-            events: tx,
+            events: std::sync::Mutex::new(Some(tx)),
             metrics,
         };
         let mut settings = config.base("member");
@@ -147,10 +155,10 @@ impl Member {
                     .max(100)
                     .to_string(),
             )
-            .set(
-                "max.poll.interval.ms",
-                (config.session_timeout.as_millis() + 2000).to_string(),
-            )
+            // Above the time a revocation may wait for the role's tasks
+            // to stop (oplog's STOP_WAIT, 30 s): the member polls on its
+            // own thread, so only a revocation can hold it up.
+            .set("max.poll.interval.ms", "60000")
             .create_with_context(context)
             .map_err(storage)?;
         consumer.subscribe(&[topic]).map_err(storage)?;
@@ -166,8 +174,15 @@ impl Member {
                         // Paused partitions: only events and rebalances.
                         if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
                             tracing::warn!(group, error = %e, "group member");
+                            if let Some((code, reason)) = consumer.client().fatal_error() {
+                                // Fenced (another process took this one's
+                                // place) or worse: the membership ends.
+                                tracing::error!(group, %code, reason, "group member failed for good");
+                                break;
+                            }
                         }
                     }
+                    consumer.context().events.lock().unwrap().take();
                     consumer.unsubscribe();
                     // Serve the revocation the unsubscribe causes.
                     for _ in 0..10 {

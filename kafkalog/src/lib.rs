@@ -12,11 +12,12 @@
 //!   consumers ([`readers`]). A consumer that read a partition up to `n`
 //!   is handed the next fetch at `n`, so a role's steady consumption is one
 //!   consumer streaming; a cold document load takes any idle one and seeks.
-//!   "Caught up" is librdkafka's partition EOF, never a watermark guess.
+//!   A fetch ends at librdkafka's partition EOF ("nothing more now"); the
+//!   watermarks answer only the trait's own questions (end, log start).
 //! - **Consumer groups**: [`OpLog::join`] is a real group member
 //!   ([`group`]); its partitions stay paused (data flows through the
-//!   readers) and commits of that group go through it, so a member that
-//!   lost its partitions cannot commit for them.
+//!   readers) and commits of that group go through it, with its
+//!   generation: a member the group has moved on from is refused.
 //! - **Truncation** (DeleteRecords) is a capability taken from the
 //!   configuration, never probed by sending it: some brokers advertise it
 //!   and crash on it (tansu 0.6).
@@ -68,6 +69,11 @@ pub struct KafkaConfig {
     pub session_timeout: Duration,
     /// Concurrent fetches (each holds one consumer).
     pub max_readers: usize,
+    /// librdkafka's `fetch.wait.max.ms`: how long the broker may hold a
+    /// fetch that finds nothing. Kafka and Redpanda answer as soon as a
+    /// record arrives, so a long wait costs nothing there; tansu answers
+    /// only when the wait is over, so every hop of an op waits for it.
+    pub fetch_wait: Duration,
     /// Kafka static membership (`group.instance.id`): a process restarted
     /// with the same id takes its old place in its groups at once, without
     /// waiting for the dead member's session to expire. Unique per process
@@ -90,6 +96,7 @@ impl KafkaConfig {
             client_id: "quire".into(),
             session_timeout: Duration::from_secs(10),
             max_readers: 128,
+            fetch_wait: Duration::from_millis(10),
             instance_id: None,
             extra: Vec::new(),
         }
@@ -122,6 +129,10 @@ pub struct KafkaLog {
 struct Inner {
     config: KafkaConfig,
     producer: FutureProducer,
+    /// For topics that are not retained (presence, SPEC §1: `acks=1`):
+    /// losing a cursor update to a broker crash is fine, waiting for every
+    /// replica is not needed.
+    ephemeral: FutureProducer,
     /// Watermarks, metadata and commits of groups this process is not a
     /// member of.
     meta: Arc<BaseConsumer>,
@@ -162,6 +173,14 @@ impl KafkaLog {
             .set("message.timeout.ms", "30000")
             .create()
             .map_err(storage)?;
+        let ephemeral: FutureProducer = config
+            .base("producer-ephemeral")
+            .set("acks", "1")
+            .set("linger.ms", "1")
+            .set("partitioner", "murmur2_random")
+            .set("message.timeout.ms", "5000")
+            .create()
+            .map_err(storage)?;
         let meta: BaseConsumer = config
             .base("meta")
             .set("group.id", format!("{}-meta", config.client_id))
@@ -171,6 +190,7 @@ impl KafkaLog {
         let readers = readers::Pool::new(&config, metrics.clone());
         let inner = Arc::new(Inner {
             producer,
+            ephemeral,
             meta: Arc::new(meta),
             readers,
             partitions: RwLock::new(HashMap::new()),
@@ -365,13 +385,24 @@ impl OpLog for KafkaLog {
     ) -> Result<Vec<(Partition, Offset)>, LogError> {
         self.partitions(topic)?;
         let began = Instant::now();
+        let ephemeral = self
+            .inner
+            .config
+            .topics
+            .iter()
+            .any(|(t, retained)| t == topic && !retained);
+        let producer = if ephemeral {
+            &self.inner.ephemeral
+        } else {
+            &self.inner.producer
+        };
         let mut pending = Vec::with_capacity(records.len());
         for (key, value) in &records {
             let mut record = FutureRecord::to(topic).key(key.as_bytes()).payload(value);
             // Enqueue in order (the idempotent producer keeps a
             // partition's order); wait for room when the queue is full.
             let delivery = loop {
-                match self.inner.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(d) => break d,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         record = r;
@@ -428,8 +459,8 @@ impl OpLog for KafkaLog {
                         log_start: lo,
                     })
                 } else {
-                    // Beyond the end: nothing yet.
-                    debug_assert!(from >= hi);
+                    // Beyond the end (`hi`, read after the fact): nothing yet.
+                    let _ = hi;
                     tokio::time::sleep(wait).await;
                     Ok(Vec::new())
                 }
@@ -542,6 +573,15 @@ impl OpLog for KafkaLog {
     }
 
     async fn ping(&self) -> Result<(), LogError> {
+        // An idempotent producer that hit a fatal error fails every
+        // produce from then on: not ready.
+        for p in [&self.inner.producer, &self.inner.ephemeral] {
+            if let Some((code, reason)) = p.client().fatal_error() {
+                return Err(LogError::Storage(format!(
+                    "kafka producer: {code}: {reason}"
+                )));
+            }
+        }
         let meta = self.inner.meta.clone();
         blocking(move || {
             meta.fetch_metadata(None, Duration::from_secs(2))
@@ -557,6 +597,7 @@ impl Drop for KafkaLog {
         if Arc::strong_count(&self.inner) == 1 {
             // Deliver what is queued before the process goes.
             let _ = self.inner.producer.flush(Duration::from_secs(5));
+            let _ = self.inner.ephemeral.flush(Duration::from_secs(1));
         }
     }
 }

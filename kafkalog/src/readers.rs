@@ -25,6 +25,24 @@ const LINGER: Duration = Duration::from_millis(2);
 /// returns what it has.
 const FIRST_ANSWER: Duration = Duration::from_secs(10);
 
+/// Consumer errors that say the broker is unreachable now, not that the
+/// partition or the request is wrong.
+fn transient(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NotCoordinator
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::Resolve
+    )
+}
+
 pub(crate) enum FetchError {
     /// Kafka's OFFSET_OUT_OF_RANGE: below the log start or past the end.
     OutOfRange,
@@ -35,10 +53,16 @@ struct Reader {
     consumer: StreamConsumer,
     /// Where the consumer stands: the next record it will hand out.
     at: Option<(String, Partition, Offset)>,
+    /// It stopped at the partition's end there: librdkafka reports an end
+    /// once per offset, so the next fetch from there must not wait for
+    /// another report.
+    at_end: bool,
 }
 
 pub(crate) struct Pool {
     config: ClientConfig,
+    /// How long a reader at the end waits for records in flight.
+    settle: Duration,
     idle: Mutex<Vec<Reader>>,
     permits: Semaphore,
     metrics: KafkaMetrics,
@@ -52,14 +76,20 @@ impl Pool {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "error")
+            // No transactions: every produced record is visible.
+            .set("isolation.level", "read_uncommitted")
             // Waiting fetches are answered when data comes or after this;
             // some brokers (tansu) do not answer early.
-            .set("fetch.wait.max.ms", "10")
+            .set(
+                "fetch.wait.max.ms",
+                config.fetch_wait.as_millis().to_string(),
+            )
             // Bounded prefetch per consumer.
             .set("queued.max.messages.kbytes", "4096")
             .set("queued.min.messages", "1000");
         Pool {
             config: c,
+            settle: config.fetch_wait * 3 + Duration::from_millis(20),
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(config.max_readers.max(1)),
             metrics,
@@ -83,6 +113,7 @@ impl Pool {
         Ok(Reader {
             consumer: self.config.create()?,
             at: None,
+            at_end: false,
         })
     }
 
@@ -103,6 +134,7 @@ impl Pool {
         wait: Duration,
     ) -> Result<Vec<Record>, FetchError> {
         let _permit = self.permits.acquire().await.expect("never closed");
+        let first_answer = FIRST_ANSWER;
         let mut reader = self
             .take(topic, partition, from)
             .map_err(FetchError::Kafka)?;
@@ -117,11 +149,20 @@ impl Pool {
             .map_err(FetchError::Kafka)?;
             reader.consumer.assign(&tpl).map_err(FetchError::Kafka)?;
             reader.at = None;
+            reader.at_end = false;
         }
+        // A reader left at the end has its records queued as they come:
+        // no need to wait for the broker's first answer.
+        let first_answer = if reader.at_end {
+            self.settle
+        } else {
+            first_answer
+        };
         let began = Instant::now();
         let deadline = began + wait;
         let mut out: Vec<Record> = Vec::new();
         let mut next = from;
+        let mut ended = false;
         let result = loop {
             if out.len() >= max.max(1) {
                 break Ok(());
@@ -131,17 +172,18 @@ impl Pool {
                 LINGER
             } else if now < deadline {
                 deadline - now
-            } else if wait.is_zero() && now < began + FIRST_ANSWER {
+            } else if wait.is_zero() && now < began + first_answer {
                 // No wait, but the broker has not answered yet.
-                began + FIRST_ANSWER - now
+                began + first_answer - now
             } else {
                 break Ok(());
             };
             match timeout(limit, reader.consumer.recv()).await {
                 Err(_) => {
-                    if out.is_empty() && wait.is_zero() {
+                    if out.is_empty() && wait.is_zero() && !reader.at_end {
                         tracing::warn!(topic, partition, from, "no answer from the broker");
                     }
+                    ended = out.is_empty() && reader.at_end;
                     break Ok(());
                 }
                 Ok(Ok(m)) => {
@@ -153,6 +195,7 @@ impl Pool {
                         continue; // left over from an earlier assignment
                     }
                     next = offset + 1;
+                    reader.at_end = false;
                     out.push(Record {
                         offset,
                         key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
@@ -160,7 +203,9 @@ impl Pool {
                     });
                 }
                 Ok(Err(KafkaError::PartitionEOF(_))) => {
+                    reader.at_end = true;
                     if !out.is_empty() || wait.is_zero() || Instant::now() >= deadline {
+                        ended = true;
                         break Ok(());
                     }
                     // At the end: wait on for the next record.
@@ -168,12 +213,22 @@ impl Pool {
                 Ok(Err(KafkaError::MessageConsumption(
                     RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset,
                 ))) => break Err(FetchError::OutOfRange),
+                Ok(Err(e @ KafkaError::MessageConsumption(code))) if transient(code) => {
+                    // The broker is away for a moment; librdkafka
+                    // reconnects by itself. Readiness reports the outage.
+                    tracing::debug!(topic, partition, error = %e, "fetch: broker unreachable for now");
+                    if !out.is_empty() {
+                        break Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50).min(limit)).await;
+                }
                 Ok(Err(e)) => break Err(FetchError::Kafka(e)),
             }
         };
         match result {
             Ok(()) => {
                 reader.at = Some((topic.to_owned(), partition, next));
+                reader.at_end = ended || (reader.at_end && out.is_empty());
                 self.give_back(reader);
                 Ok(out)
             }

@@ -56,8 +56,9 @@ async fn produce_through(log: &KafkaLog, n: usize, mut trouble: impl FnMut(usize
     }
 }
 
-/// Every record exactly once, each key's records in order.
-async fn assert_exactly_once_in_order(log: &KafkaLog, n: usize) {
+/// Every record of the topic, by key, in order: `key -> [i]` from the
+/// `"{k}:{i}"` values.
+async fn read_all(log: &KafkaLog) -> HashMap<String, Vec<usize>> {
     let mut per_key: HashMap<String, Vec<usize>> = HashMap::new();
     for p in 0..PARTITIONS {
         let mut from = 0;
@@ -66,23 +67,24 @@ async fn assert_exactly_once_in_order(log: &KafkaLog, n: usize) {
                 .fetch(TOPIC, p, from, 1000, Duration::ZERO)
                 .await
                 .unwrap();
-            if batch.is_empty() {
-                break;
-            }
-            for r in &batch {
-                let v = String::from_utf8(r.value.clone()).unwrap();
+            let Some(last) = batch.last() else { break };
+            from = last.offset + 1;
+            for r in batch {
+                let v = String::from_utf8(r.value).unwrap();
                 let (_, i) = v.split_once(':').unwrap();
-                per_key
-                    .entry(r.key.clone())
-                    .or_default()
-                    .push(i.parse().unwrap());
+                per_key.entry(r.key).or_default().push(i.parse().unwrap());
             }
-            from = batch.last().unwrap().offset + 1;
         }
     }
+    per_key
+}
+
+/// Every key's records are exactly `expected`: each once, in order.
+async fn assert_each_key_saw(log: &KafkaLog, expected: &[usize]) {
+    let per_key = read_all(log).await;
     assert_eq!(per_key.len(), 8, "every key");
     for (k, seen) in per_key {
-        assert_eq!(seen, (0..n).collect::<Vec<_>>(), "{k}: once each, in order");
+        assert_eq!(seen, expected, "{k}: every record once, in order");
     }
 }
 
@@ -106,7 +108,7 @@ async fn retried_produce_requests_append_each_record_once() {
         }
     })
     .await;
-    assert_exactly_once_in_order(&log, 30).await;
+    assert_each_key_saw(&log, &(0..30).collect::<Vec<_>>()).await;
 }
 
 /// The broker's answers come after the producer's request timeout: the
@@ -132,22 +134,8 @@ async fn a_produce_whose_answer_is_late_is_appended_once() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
     let log = slow.await.unwrap();
-    let mut per_key: HashMap<String, Vec<usize>> = HashMap::new();
-    for p in 0..PARTITIONS {
-        let batch = log
-            .fetch(TOPIC, p, 0, 10_000, Duration::ZERO)
-            .await
-            .unwrap();
-        for r in batch {
-            let v = String::from_utf8(r.value).unwrap();
-            let (_, i) = v.split_once(':').unwrap();
-            per_key.entry(r.key).or_default().push(i.parse().unwrap());
-        }
-    }
-    for (k, seen) in per_key {
-        let expected: Vec<usize> = (0..5).chain(0..5).collect();
-        assert_eq!(seen, expected, "{k}: every record once, in order");
-    }
+    let expected: Vec<usize> = (0..5).chain(0..5).collect();
+    assert_each_key_saw(&log, &expected).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +152,7 @@ async fn leader_changes_mid_stream_lose_and_duplicate_nothing() {
         }
     })
     .await;
-    assert_exactly_once_in_order(&log, 30).await;
+    assert_each_key_saw(&log, &(0..30).collect::<Vec<_>>()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,20 +177,6 @@ async fn a_broker_lost_and_back_loses_nothing() {
     cluster.broker_up(1).unwrap();
     let log = more.await.unwrap();
     // 10 before and 30 after: keys restart at 0 in the second run.
-    let mut per_key: HashMap<String, Vec<usize>> = HashMap::new();
-    for p in 0..PARTITIONS {
-        let batch = log
-            .fetch(TOPIC, p, 0, 10_000, Duration::ZERO)
-            .await
-            .unwrap();
-        for r in batch {
-            let v = String::from_utf8(r.value).unwrap();
-            let (_, i) = v.split_once(':').unwrap();
-            per_key.entry(r.key).or_default().push(i.parse().unwrap());
-        }
-    }
-    for (k, seen) in per_key {
-        let expected: Vec<usize> = (0..10).chain(0..30).collect();
-        assert_eq!(seen, expected, "{k}: every record once, in order");
-    }
+    let expected: Vec<usize> = (0..10).chain(0..30).collect();
+    assert_each_key_saw(&log, &expected).await;
 }

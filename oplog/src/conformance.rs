@@ -174,6 +174,12 @@ pub async fn check(log: &dyn OpLog, topic: &str, truncation: bool) {
         );
         let next = log.produce(topic, vec![rec(&a, "after")]).await.unwrap();
         assert_eq!(next, vec![(p, hw)], "offsets go on after truncation");
+    } else {
+        // Without the capability nothing is deleted, and nothing is sent.
+        assert_eq!(log.delete_records(topic, p, 2).await.unwrap(), 0);
+        assert_eq!(log.log_start(topic, p).await.unwrap(), 0);
+        let all = log.fetch(topic, p, 0, 10, Duration::ZERO).await.unwrap();
+        assert_eq!(all.first().map(|r| r.offset), Some(0), "every record kept");
     }
     // A group's only member owns every partition.
     let mut member = log.join("conformance-group", topic).await.unwrap();

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::Partition;
@@ -87,8 +87,13 @@ where
     E: Send + 'static,
 {
     let stop_all = shutdown.child_token();
-    let mut tasks: JoinSet<(Partition, Result<(), E>)> = JoinSet::new();
-    let mut owned: HashMap<Partition, CancellationToken> = HashMap::new();
+    let mut tasks: JoinSet<Result<(), E>> = JoinSet::new();
+    // The task working on each owned partition. A task that outlived its
+    // revocation is no longer here: whatever it returns is ignored.
+    let mut owned: HashMap<Partition, (Id, CancellationToken)> = HashMap::new();
+    let is_owned = |owned: &HashMap<Partition, (Id, CancellationToken)>, id: Id| {
+        owned.values().any(|(i, _)| *i == id)
+    };
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -103,17 +108,16 @@ where
                             continue;
                         }
                         let stop = stop_all.child_token();
-                        owned.insert(p, stop.clone());
-                        let fut = work(p, stop);
-                        tasks.spawn(async move { (p, fut.await) });
+                        let id = tasks.spawn(work(p, stop.clone())).id();
+                        owned.insert(p, (id, stop));
                     }
                 }
                 Some(GroupEvent::Revoked { partitions, done }) => {
-                    let mut waiting: Vec<Partition> = Vec::new();
+                    let mut waiting: Vec<Id> = Vec::new();
                     for p in &partitions {
-                        if let Some(stop) = owned.remove(p) {
+                        if let Some((id, stop)) = owned.remove(p) {
                             stop.cancel();
-                            waiting.push(*p);
+                            waiting.push(id);
                         }
                     }
                     let mut failed = None;
@@ -122,18 +126,19 @@ where
                     while !waiting.is_empty() {
                         tokio::select! {
                             _ = &mut deadline => {
-                                tracing::error!(?waiting, "partition tasks did not stop in time");
+                                tracing::error!(tasks = waiting.len(), "revoked partitions' tasks did not stop in time");
                                 break;
                             }
-                            Some(joined) = tasks.join_next() => match joined {
-                                Ok((p, r)) => {
-                                    waiting.retain(|w| *w != p);
-                                    if let (Err(e), true) = (r, owned.contains_key(&p)) {
+                            Some(joined) = tasks.join_next_with_id() => match joined {
+                                Ok((id, r)) => {
+                                    waiting.retain(|w| *w != id);
+                                    // A partition still owned failed meanwhile.
+                                    if let (Err(e), true) = (r, is_owned(&owned, id)) {
                                         failed.get_or_insert(e);
                                     }
                                 }
                                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                                Err(_) => {}
+                                Err(e) => waiting.retain(|w| *w != e.id()),
                             },
                         }
                     }
@@ -143,19 +148,129 @@ where
                     }
                 }
             },
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => match joined {
-                Ok((p, Ok(()))) => { owned.remove(&p); }
-                Ok((_, Err(e))) => break Err(e),
+            Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => match joined {
+                Ok((id, r)) => {
+                    if !is_owned(&owned, id) {
+                        continue; // a revoked partition's task, finally done
+                    }
+                    owned.retain(|_, (i, _)| *i != id);
+                    if let Err(e) = r {
+                        break Err(e);
+                    }
+                }
                 Err(e) if e.is_panic() => {
                     stop_all.cancel();
                     tasks.shutdown().await;
                     std::panic::resume_unwind(e.into_panic());
                 }
-                Err(_) => {}
+                Err(e) => owned.retain(|_, (i, _)| *i != e.id()),
             },
         }
     };
     stop_all.cancel();
-    while tasks.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(STOP_WAIT, async {
+        while tasks.join_next().await.is_some() {}
+    });
+    if drained.await.is_err() {
+        tracing::error!("partition tasks did not stop in time; aborting them");
+        tasks.shutdown().await;
+    }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A membership driven by the test.
+    fn membership() -> (mpsc::Sender<GroupEvent>, Membership) {
+        let (tx, rx) = mpsc::channel(4);
+        (tx, Membership::new(rx, Box::new(())))
+    }
+
+    /// Each partition's task waits to be stopped, then fails: a revoked
+    /// partition's failure is not the role's.
+    #[tokio::test]
+    async fn a_revoked_partitions_failure_is_not_the_roles() {
+        let (tx, m) = membership();
+        let shutdown = CancellationToken::new();
+        let role = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                run_owned(
+                    m,
+                    None,
+                    &shutdown,
+                    |p, stop| async move {
+                        stop.cancelled().await;
+                        Err(format!("partition {p} stopped"))
+                    },
+                    || "lost".to_owned(),
+                )
+                .await
+            }
+        });
+        tx.send(GroupEvent::Assigned(vec![0, 1])).await.unwrap();
+        let (done, stopped) = oneshot::channel();
+        tx.send(GroupEvent::Revoked {
+            partitions: vec![0],
+            done,
+        })
+        .await
+        .unwrap();
+        stopped.await.unwrap();
+        // Partition 0 again: a new task, the old one's error is gone.
+        tx.send(GroupEvent::Assigned(vec![0])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!role.is_finished(), "the role kept running");
+        shutdown.cancel();
+        assert_eq!(role.await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn an_owned_partitions_failure_stops_the_role() {
+        let (tx, m) = membership();
+        let shutdown = CancellationToken::new();
+        let role = tokio::spawn(async move {
+            run_owned(
+                m,
+                None,
+                &shutdown,
+                |p, stop| async move {
+                    if p == 1 {
+                        Err("broken")
+                    } else {
+                        stop.cancelled().await;
+                        Ok(())
+                    }
+                },
+                || "lost",
+            )
+            .await
+        });
+        tx.send(GroupEvent::Assigned(vec![0, 1])).await.unwrap();
+        assert_eq!(role.await.unwrap(), Err("broken"));
+    }
+
+    #[tokio::test]
+    async fn a_lost_membership_stops_the_role() {
+        let (tx, m) = membership();
+        let shutdown = CancellationToken::new();
+        let role = tokio::spawn(async move {
+            run_owned(
+                m,
+                None,
+                &shutdown,
+                |_, stop| async move {
+                    stop.cancelled().await;
+                    Ok(())
+                },
+                || "lost",
+            )
+            .await
+        });
+        tx.send(GroupEvent::Assigned(vec![0])).await.unwrap();
+        drop(tx);
+        assert_eq!(role.await.unwrap(), Err("lost"));
+    }
 }

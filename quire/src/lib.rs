@@ -78,6 +78,8 @@ pub struct KafkaSettings {
     /// compactor truncates. Off for brokers without it (tansu).
     pub delete_records: bool,
     pub session_timeout: Duration,
+    /// How long the broker may hold a fetch that finds nothing.
+    pub fetch_wait: Duration,
 }
 
 /// A validated configuration for `quire serve` and the role commands.
@@ -217,6 +219,7 @@ pub async fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
             c.replication = k.replication;
             c.delete_records = k.delete_records;
             c.session_timeout = k.session_timeout;
+            c.fetch_wait = k.fetch_wait;
             c.client_id = format!("quire-{}", config.roles.command());
             c.instance_id = Some(instance_id(&config.data)?);
             c.topics = vec![
@@ -392,6 +395,8 @@ pub async fn run(
         }));
     }
 
+    let lag = registry_lag(&registry)?;
+    let mut fanout_handle = None;
     let app = if roles.gateway {
         let fanout = Fanout::new(
             FanoutConfig {
@@ -426,12 +431,21 @@ pub async fn run(
             config.limits.clone(),
             ingest::Metrics::new(&registry),
         );
+        fanout_handle = Some(fanout.clone());
         let feed = Arc::new(LocalFeed(fanout));
         let gateway = Gateway::new(auth, ingest, feed, registry, health, shutdown.clone());
         ingest::router(gateway)
     } else {
         ops_router(registry, health, log.clone(), store.clone())
     };
+    tasks.spawn(sample_lag(
+        log.clone(),
+        topics.clone(),
+        roles,
+        fanout_handle,
+        lag,
+        shutdown.clone(),
+    ));
     let s = shutdown.clone();
     // Small frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
     let listener = listener.tap_io(|tcp| {
@@ -459,6 +473,72 @@ pub async fn run(
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+fn registry_lag(registry: &Registry) -> anyhow::Result<prometheus::IntGaugeVec> {
+    let lag = prometheus::IntGaugeVec::new(
+        Opts::new(
+            "quire_consumer_lag",
+            "Records between a consumer's position and the end of its partition, by consumer (transformer, compactor: their group's committed position; fanout: this process's)",
+        ),
+        &["consumer", "partition"],
+    )?;
+    registry.register(Box::new(lag.clone()))?;
+    Ok(lag)
+}
+
+/// Every few seconds, each consumer of this process's roles: the end of
+/// its partitions minus its position. Errors (a broker away) leave the
+/// last values; `/readyz` reports the outage.
+async fn sample_lag(
+    log: Arc<dyn OpLog>,
+    topics: Topics,
+    roles: Roles,
+    fanout: Option<Fanout>,
+    lag: prometheus::IntGaugeVec,
+    shutdown: CancellationToken,
+) {
+    let every = Duration::from_secs(5);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let mut consumers: Vec<(&str, &str, Option<&str>)> = Vec::new();
+        if roles.transformer {
+            consumers.push(("transformer", &topics.ops, Some(&topics.transformer_group)));
+        }
+        if roles.compactor {
+            consumers.push(("compactor", &topics.applied, Some(&topics.compactor_group)));
+        }
+        let fanout_pos = match &fanout {
+            Some(f) => {
+                consumers.push(("fanout", &topics.applied, None));
+                f.positions().await
+            }
+            None => Vec::new(),
+        };
+        for (name, topic, group) in consumers {
+            let Ok(n) = log.partitions(topic) else {
+                continue;
+            };
+            for p in 0..n {
+                let pos = match group {
+                    Some(g) => log
+                        .committed(g, topic, p)
+                        .await
+                        .ok()
+                        .map(|c| c.unwrap_or(0)),
+                    None => fanout_pos.get(p as usize).copied(),
+                };
+                let (Some(pos), Ok(end)) = (pos, log.high_watermark(topic, p).await) else {
+                    continue;
+                };
+                lag.with_label_values(&[name, &p.to_string()])
+                    .set(end.saturating_sub(pos) as i64);
+            }
+        }
     }
 }
 

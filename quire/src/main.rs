@@ -68,6 +68,13 @@ struct ServeArgs {
     /// partitions before the group hands them on.
     #[arg(long, env = "QUIRE_KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     kafka_session_timeout_ms: u64,
+    /// Milliseconds the broker may hold a fetch that finds nothing
+    /// (librdkafka's fetch.wait.max.ms). Kafka and Redpanda answer as soon
+    /// as a record arrives: raise it there (e.g. 500) to save requests.
+    /// Brokers that answer only when the wait is over (tansu) add it to
+    /// every hop of an op, so the default is short.
+    #[arg(long, env = "QUIRE_KAFKA_FETCH_WAIT_MS", default_value_t = 10)]
+    kafka_fetch_wait_ms: u64,
     /// ScyllaDB nodes. Not available in this build yet: giving it is an error.
     #[arg(long, env = "QUIRE_SCYLLA")]
     scylla: Option<String>,
@@ -172,6 +179,7 @@ impl ServeArgs {
                 replication: self.kafka_replication,
                 delete_records: self.kafka_delete_records,
                 session_timeout: Duration::from_millis(self.kafka_session_timeout_ms),
+                fetch_wait: Duration::from_millis(self.kafka_fetch_wait_ms),
             });
         let config = ServeConfig {
             roles,

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use client::{Client, CoreEvent};
-use common::{all_ops, edit_until, http, unique_prefix, Server};
+use client::Client;
+use common::{all_ops, check_editor, edit_until, http, unique_prefix, Server};
 use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(60);
@@ -135,16 +135,7 @@ async fn a_broker_kill_9_loses_nothing_acknowledged() {
                 state["text"].as_str().unwrap(),
                 "{doc}: editor {i}"
             );
-            for e in &c.events {
-                if let CoreEvent::Acked { cseq, seq } = e {
-                    acked += 1;
-                    assert_eq!(
-                        history.get(&(c.core.client_id.clone(), *cseq)),
-                        Some(seq),
-                        "{doc}: acknowledged op {cseq} of editor {i} lost"
-                    );
-                }
-            }
+            acked += check_editor(c, &format!("{doc}: editor {i}"), &history);
         }
     }
     println!("broker kill -9: {acked} ops acknowledged, none lost");

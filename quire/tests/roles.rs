@@ -9,10 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::http;
-use document::WindowPolicy;
-use protocol::Limits;
-use quire::{RestartPolicy, ServeConfig};
+use common::{http, serve_config};
 use store::{Call, Intercept, Intercepted, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -29,33 +26,6 @@ impl Intercept for Flaky {
     }
 }
 
-fn config(data: &std::path::Path, max_restarts: u32) -> ServeConfig {
-    ServeConfig {
-        roles: quire::Roles::ALL,
-        kafka: None,
-        addr: "127.0.0.1:0".parse().unwrap(),
-        data: data.to_owned(),
-        jwt_secret: None,
-        insecure: false,
-        postgres: None,
-        partitions: 2,
-        topic_prefix: "quire.".into(),
-        limits: Limits::default(),
-        window: WindowPolicy::default(),
-        snapshot_every: 1000,
-        doc_cache: 16,
-        idle_doc_cache: 16,
-        retain_records: 100,
-        truncate_every: Duration::from_millis(200),
-        grace: Duration::from_secs(2),
-        restarts: RestartPolicy {
-            max_restarts,
-            backoff: Duration::from_millis(400),
-            healthy_after: Duration::from_secs(60),
-        },
-    }
-}
-
 struct Running {
     addr: String,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -68,7 +38,7 @@ struct Running {
 /// one op was applied (so the compactor has something to archive).
 async fn start(max_restarts: u32) -> Running {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = config(tmp.path(), max_restarts);
+    let cfg = serve_config(tmp.path(), max_restarts);
     let mut backends = quire::open_backends(&cfg).await.unwrap();
     let broken = Arc::new(AtomicBool::new(true));
     backends.store = Arc::new(Intercepted {

@@ -8,6 +8,13 @@
 //!   measures durable appends on the embedded log: one producer at a time
 //!   (one fsync per append) against PRODUCERS concurrent producers sharing
 //!   group commits, in the same run.
+//! `quire-load broker HOST:PORT PRODUCERS RECORDS`
+//!   the broker's own rate, through the same client library Quire uses:
+//!   PRODUCERS tasks each keep one record in flight (as editors keep one
+//!   op in flight) on a fresh 8-partition topic while one reader per
+//!   partition consumes them; prints records/s produced and consumed
+//!   (both ends done) and the produce→consume latency. A pipeline op costs
+//!   two such round trips (ops, then applied).
 //! `quire-load store DIR [POSTGRES] DOCS RECORDS BATCH`
 //!   measures the stores the compactor and loaders use: archiving RECORDS
 //!   applied records over DOCS documents in batches of BATCH (as the
@@ -23,7 +30,7 @@ use oplog::{EmbeddedLog, EmbeddedLogConfig, OpLog};
 use store::{EmbeddedStore, PostgresStore, Store};
 
 fn usage() -> ! {
-    eprintln!("usage: quire-load pipeline WS_BASE CLIENTS DOCS OPS | quire-load log DIR PRODUCERS RECORDS | quire-load store DIR [POSTGRES] DOCS RECORDS BATCH");
+    eprintln!("usage: quire-load pipeline WS_BASE CLIENTS DOCS OPS | quire-load log DIR PRODUCERS RECORDS | quire-load broker HOST:PORT PRODUCERS RECORDS | quire-load store DIR [POSTGRES] DOCS RECORDS BATCH");
     std::process::exit(2)
 }
 
@@ -48,6 +55,7 @@ async fn main() {
             pipeline(args[2].clone(), arg(&args, 3), arg(&args, 4), arg(&args, 5)).await
         }
         Some("log") => log(arg::<String>(&args, 2), arg(&args, 3), arg(&args, 4)).await,
+        Some("broker") => broker(arg::<String>(&args, 2), arg(&args, 3), arg(&args, 4)).await,
         Some("store") => {
             let n = args.len();
             let pg = (n == 7).then(|| args[3].clone());
@@ -166,6 +174,95 @@ async fn log(dir: String, producers: usize, records: usize) {
         concurrent / serial
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn broker(brokers: String, producers: usize, records: usize) {
+    let topic = format!("bench.raw.{}", std::process::id());
+    let mut c = kafkalog::KafkaConfig::new(&brokers);
+    c.partitions = 8;
+    c.topics = vec![(topic.clone(), true)];
+    let log: Arc<dyn OpLog> = Arc::new(
+        kafkalog::KafkaLog::connect(c, kafkalog::KafkaMetrics::new(&prometheus::Registry::new()))
+            .await
+            .expect("the broker answers"),
+    );
+    let per = records / producers;
+    let total = per * producers;
+    let sent_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let start = Instant::now();
+    // Readers first: one per partition, long-polling from offset 0.
+    let mut readers = Vec::new();
+    for p in 0..8u32 {
+        let (log, topic, sent_at) = (log.clone(), topic.clone(), sent_at.clone());
+        readers.push(tokio::spawn(async move {
+            let mut from = 0;
+            let mut lat = Vec::new();
+            let mut seen = 0usize;
+            let mut last = Instant::now();
+            loop {
+                let batch = log
+                    .fetch(&topic, p, from, 1000, Duration::from_millis(200))
+                    .await
+                    .unwrap();
+                if batch.is_empty() && sent_at.lock().unwrap().get(&u64::MAX).is_some() {
+                    return (seen, lat, last);
+                }
+                for r in batch {
+                    from = r.offset + 1;
+                    seen += 1;
+                    last = Instant::now();
+                    let key = String::from_utf8_lossy(&r.value).into_owned();
+                    if let Some(t) = sent_at.lock().unwrap().get(&hash(&key)) {
+                        lat.push(Instant::now().duration_since(*t));
+                    }
+                }
+            }
+        }));
+    }
+    let mut tasks = Vec::new();
+    for w in 0..producers {
+        let (log, topic, sent_at) = (log.clone(), topic.clone(), sent_at.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per {
+                let id = format!("{w}:{i}");
+                sent_at.lock().unwrap().insert(hash(&id), Instant::now());
+                log.produce(&topic, vec![(format!("doc-{w}"), id.into_bytes())])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let produced = start.elapsed();
+    // Tell the readers production is over; they stop at their next empty poll.
+    sent_at.lock().unwrap().insert(u64::MAX, Instant::now());
+    let mut seen = 0;
+    let mut lat = Vec::new();
+    let mut consumed = produced;
+    for r in readers {
+        let (n, l, last) = r.await.unwrap();
+        seen += n;
+        lat.extend(l);
+        consumed = consumed.max(last.duration_since(start));
+    }
+    assert_eq!(seen, total, "every record consumed once");
+    lat.sort();
+    println!(
+        "broker: {producers} producers with one record in flight, {total} records: produced {:.0}/s, produced and consumed {:.0}/s; produce→consume p50 {:.2} ms, p99 {:.2} ms",
+        total as f64 / produced.as_secs_f64(),
+        total as f64 / consumed.as_secs_f64(),
+        pct(&lat, 0.5).as_secs_f64() * 1e3,
+        pct(&lat, 0.99).as_secs_f64() * 1e3,
+    );
+}
+
+fn hash(s: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
 }
 
 /// Archive, read back, look up and snapshot on one store; prints a line.

@@ -389,3 +389,72 @@ pub async fn edit_until(
     }
     c
 }
+
+/// `quire serve`'s configuration for in-process tests: embedded backends
+/// under `data`, two partitions, short compaction intervals.
+pub fn serve_config(data: &std::path::Path, max_restarts: u32) -> quire::ServeConfig {
+    quire::ServeConfig {
+        roles: quire::Roles::ALL,
+        kafka: None,
+        addr: "127.0.0.1:0".parse().unwrap(),
+        data: data.to_owned(),
+        jwt_secret: None,
+        insecure: false,
+        postgres: None,
+        partitions: 2,
+        topic_prefix: "quire.".into(),
+        limits: protocol::Limits::default(),
+        window: document::WindowPolicy::default(),
+        snapshot_every: 1000,
+        doc_cache: 16,
+        idle_doc_cache: 16,
+        retain_records: 100,
+        truncate_every: Duration::from_millis(200),
+        grace: Duration::from_secs(2),
+        restarts: quire::RestartPolicy {
+            max_restarts,
+            backoff: Duration::from_millis(400),
+            healthy_after: Duration::from_secs(60),
+        },
+    }
+}
+
+/// What an editor saw, against the document's history (`all_ops`): every op
+/// after its first join exactly once and in order, no gap or desync, and
+/// each of its acks in the history at the seq it was told. Returns its acks.
+pub fn check_editor(
+    c: &client::Client,
+    label: &str,
+    history: &std::collections::HashMap<(String, u64), u64>,
+) -> usize {
+    use client::CoreEvent;
+    let seqs: std::collections::BTreeSet<u64> = history.values().copied().collect();
+    let mut first_ready = None;
+    let mut applied = Vec::new();
+    let mut acked = 0;
+    for e in &c.events {
+        match e {
+            CoreEvent::Ready(v) => {
+                first_ready.get_or_insert(*v);
+            }
+            CoreEvent::Applied { seq, .. } => applied.push(*seq),
+            CoreEvent::Acked { cseq, seq } => {
+                acked += 1;
+                assert_eq!(
+                    history.get(&(c.core.client_id.clone(), *cseq)),
+                    Some(seq),
+                    "{label}: acknowledged op {cseq} lost or moved"
+                );
+            }
+            CoreEvent::Gap { .. } | CoreEvent::Desync { .. } => panic!("{label}: saw {e:?}"),
+            _ => {}
+        }
+    }
+    let from = first_ready.expect("the editor joined");
+    let expected: Vec<u64> = seqs.range(from + 1..).copied().collect();
+    assert_eq!(
+        applied, expected,
+        "{label}: every op after its join, once each, in order"
+    );
+    acked
+}
