@@ -58,8 +58,6 @@ pub enum CompactorError {
     Store(#[from] StoreError),
     #[error("loading a document: {0}")]
     Load(#[from] LoadError),
-    #[error("a partition task panicked: {0}")]
-    Panicked(String),
     #[error("applied record at {offset} is unreadable: {reason}")]
     BadRecord { offset: Offset, reason: String },
 }
@@ -132,12 +130,7 @@ pub async fn run(
                 docs: DocCache::new(config.max_docs),
             };
             let span = tracing::info_span!("compactor", partition = p);
-            async move {
-                match tokio::spawn(async move { w.run(&stop).await }.instrument(span)).await {
-                    Ok(r) => r,
-                    Err(e) => Err(CompactorError::Panicked(e.to_string())),
-                }
-            }
+            async move { w.run(&stop).await }.instrument(span)
         },
         || CompactorError::Log(LogError::Closed),
     )

@@ -70,7 +70,7 @@ impl Hub {
     /// Applies an applied record and queues it to every subscriber; a
     /// subscriber whose queue is full is cut off (it re-joins with `since`).
     pub(crate) fn deliver(&mut self, a: AppliedRecord, window: WindowPolicy, metrics: &Metrics) {
-        if a.seq <= self.state.version || a.seq <= self.decided {
+        if a.seq <= self.state.version {
             return; // loaded from the log already, or written twice
         }
         self.decided = self.decided.max(a.seq);

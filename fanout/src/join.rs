@@ -1,6 +1,7 @@
 //! Joins (SPEC §5): snapshot or catch-up, then `ready`, then the live stream.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use document::DocState;
 use protocol::{AppliedRecord, ErrorCode, ServerMsg};
@@ -93,6 +94,10 @@ pub fn join_messages(state: &DocState, since: Option<u64>) -> Vec<ServerMsg> {
     JoinPlan::capture(state, since).messages()
 }
 
+/// How long a join whose `since` is ahead of this gateway waits for it
+/// (then the client gets a snapshot of what this gateway has).
+const AHEAD_WAIT: Duration = Duration::from_secs(5);
+
 impl Fanout {
     /// Subscribes a client: the catch-up is captured and the subscriber
     /// registered under the partition lock, so the live stream starts
@@ -105,6 +110,23 @@ impl Fanout {
     ) -> Result<Joined, FanoutError> {
         let queue = self.inner.config.subscriber_queue;
         let mut part = self.locked(doc).await?;
+        // A client coming from another gateway may have seen more than
+        // this one has consumed yet: wait (a little) for this gateway to
+        // get there, so it catches the client up instead of sending it back
+        // to an older version (which it would then see again).
+        if let Some(since) = since {
+            let deadline = tokio::time::Instant::now() + AHEAD_WAIT;
+            while part
+                .docs
+                .peek_mut(doc)
+                .is_some_and(|h| h.state.version < since)
+                && tokio::time::Instant::now() < deadline
+            {
+                drop(part);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                part = self.locked(doc).await?;
+            }
+        }
         let hub = part.docs.get_mut(doc).expect("locked() loads it");
         let plan = JoinPlan::capture(&hub.state, since);
         let version = hub.state.version;

@@ -816,3 +816,36 @@ async fn an_abandoned_cold_load_leaves_the_document_loadable() {
     token.cancel();
     task.await.unwrap();
 }
+
+/// A client moving from a gateway that is further along joins with a
+/// `since` this gateway has not consumed yet: the join waits for it and
+/// catches the client up from there, instead of a snapshot of an older
+/// version (after which the client would see ops it had again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_from_ahead_waits_for_this_gateway_to_get_there() {
+    let mut env = Env::new();
+    let early = env.produce_ops("ahead", 3).await;
+    let fanout = env.fanout(WindowPolicy::default(), 1024, 16).await;
+    let (token, task) = start(&fanout);
+    // This gateway has seen the first three ops.
+    let j = fanout.join("ahead", "c0", None).await.unwrap();
+    assert_eq!(j.version, early[2].seq);
+    // The client saw two more elsewhere; they reach this gateway later.
+    let later: Vec<AppliedRecord> = (0..2).map(|_| env.op("ahead")).collect();
+    let since = later[1].seq;
+    let produce = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        env.produce(later.iter().cloned().map(OutRecord::Applied).collect())
+            .await;
+    };
+    let (joined, ()) = tokio::join!(fanout.join("ahead", "c1", Some(since)), produce);
+    let joined = joined.unwrap();
+    assert_eq!(joined.version, since, "joined where the client was");
+    assert_eq!(
+        catchup_msgs(&joined),
+        [ServerMsg::Ready { seq: since }],
+        "nothing again, no snapshot"
+    );
+    token.cancel();
+    task.await.unwrap();
+}

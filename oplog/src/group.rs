@@ -96,6 +96,9 @@ where
     };
     let outcome = loop {
         tokio::select! {
+            // Shutdown first: the tasks stop with it, and what they return
+            // then is not a failure.
+            biased;
             _ = shutdown.cancelled() => break Ok(()),
             event = membership.next() => match event {
                 None => break Err(lost()),

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use client::Client;
-use common::{all_ops, check_editor, edit_until, http, replay_history, unique_prefix, Server};
-use tokio_postgres::NoTls;
+use common::{
+    all_ops, check_editor, edit_until, fresh_database, http, replay_history, unique_prefix, Server,
+};
 use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(60);
@@ -46,18 +47,7 @@ async fn two_gateways_two_transformers_and_a_compactor_survive_kill_9() {
     let Some((broker, pg)) = services() else {
         return;
     };
-    let (admin, conn) = tokio_postgres::connect(&pg, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let db = format!("quire_deploy_{}", std::process::id());
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let url = format!("{pg} dbname={db}");
+    let (url, db) = fresh_database(&pg, "quire_deploy").await;
     let prefix = unique_prefix();
     let args: Vec<String> = [
         "--kafka",
@@ -219,4 +209,12 @@ async fn two_gateways_two_transformers_and_a_compactor_survive_kill_9() {
         }
     }
     assert!(acked > 30, "the editors got only {acked} acks");
+    drop((
+        gateway_1,
+        gateway_2,
+        transformer_a,
+        _transformer_b,
+        _compactor,
+    ));
+    common::drop_database(&pg, &db).await;
 }

@@ -33,18 +33,7 @@ async fn serve_on_postgres_survives_kill_9_and_travels_in_time() {
         !server_url.trim_start().starts_with("postgres"),
         "QUIRE_TEST_POSTGRES must be key=value settings (host=… user=…), not a URL: the test adds dbname=…"
     );
-    let (admin, conn) = tokio_postgres::connect(&server_url, NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let db = format!("quire_serve_{}", std::process::id());
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let url = format!("{server_url} dbname={db}");
+    let (url, db) = common::fresh_database(&server_url, "quire_serve").await;
     let mut server = Server::start(&[
         "--postgres",
         &url,
@@ -145,8 +134,5 @@ async fn serve_on_postgres_survives_kill_9_and_travels_in_time() {
     }
     drop(server);
     drop(c);
-    admin
-        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
-        .await
-        .unwrap();
+    common::drop_database(&server_url, &db).await;
 }

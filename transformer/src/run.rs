@@ -43,8 +43,6 @@ pub enum TransformerError {
     Log(#[from] LogError),
     #[error("loading a document: {0}")]
     Load(#[from] LoadError),
-    #[error("a partition task panicked: {0}")]
-    Panicked(String),
     #[error("{ops} has {a} partitions but {applied} has {b}: they must match")]
     PartitionCounts {
         ops: String,
@@ -141,11 +139,9 @@ pub async fn run(
                     metrics,
                     docs,
                 };
-                match tokio::spawn(async move { part.run(&stop).await }.instrument(span)).await {
-                    Ok(r) => r,
-                    Err(e) => Err(TransformerError::Panicked(e.to_string())),
-                }
+                part.run(&stop).await
             }
+            .instrument(span)
         },
         || TransformerError::Log(LogError::Closed),
     )

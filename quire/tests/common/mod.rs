@@ -452,9 +452,61 @@ pub fn check_editor(
     }
     let from = first_ready.expect("the editor joined");
     let expected: Vec<u64> = seqs.range(from + 1..).copied().collect();
-    assert_eq!(
-        applied, expected,
-        "{label}: every op after its join, once each, in order"
-    );
+    if applied != expected {
+        let got: std::collections::BTreeSet<u64> = applied.iter().copied().collect();
+        let missing: Vec<u64> = expected
+            .iter()
+            .filter(|s| !got.contains(s))
+            .copied()
+            .collect();
+        let extra: Vec<u64> = applied
+            .iter()
+            .filter(|s| !seqs.contains(s) || **s <= from)
+            .copied()
+            .collect();
+        let repeated = applied.len() - got.len();
+        let readies: Vec<&CoreEvent> = c
+            .events
+            .iter()
+            .filter(|e| matches!(e, CoreEvent::Ready(_)))
+            .collect();
+        panic!(
+            "{label}: every op after its join, once each, in order: missing {missing:?}, \
+             not in the history {extra:?}, {repeated} repeated, in order: {}; joins: {readies:?}",
+            applied.windows(2).all(|w| w[0] < w[1])
+        );
+    }
     acked
+}
+
+/// A new, empty database `{name}_{pid}` on the PostgreSQL server that
+/// `server_url` (`key=value` settings, no `dbname`) names; its settings
+/// and its name.
+pub async fn fresh_database(server_url: &str, name: &str) -> (String, String) {
+    let (admin, conn) = tokio_postgres::connect(server_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let db = format!("{name}_{}", std::process::id());
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    (format!("{server_url} dbname={db}"), db)
+}
+
+/// Drops a database `fresh_database` made, whoever is still connected.
+pub async fn drop_database(server_url: &str, db: &str) {
+    let (admin, conn) = tokio_postgres::connect(server_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .await
+        .unwrap();
 }
