@@ -26,6 +26,10 @@ impl Fanout {
         let metrics = &self.inner.metrics;
         let lock = &self.inner.parts[p as usize];
         loop {
+            // Only partitions with documents in memory are followed.
+            if !self.while_idle(p, shutdown).await {
+                return Ok(());
+            }
             let pos = lock.lock().await.pos;
             let fetched = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),

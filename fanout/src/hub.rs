@@ -162,6 +162,14 @@ pub(crate) struct Part {
 }
 
 impl Part {
+    /// No document in memory and none being loaded: this gateway needs
+    /// nothing from the partition, and its consumers stop fetching.
+    pub(crate) fn idle(&self) -> bool {
+        self.docs.is_empty() && self.loading.is_empty()
+    }
+}
+
+impl Part {
     pub(crate) fn new(pos: Offset, max_idle_docs: usize) -> Part {
         Part {
             pos,
@@ -220,6 +228,14 @@ impl Fanout {
                 let _ = done.changed().await;
                 continue;
             }
+            if part.idle() {
+                // The partition's consumers are asleep and their position
+                // is stale: start from the end, as at start-up.
+                let topic = &self.inner.config.topics.applied;
+                let p = self.partition(doc);
+                part.pos = self.inner.log.high_watermark(topic, p).await?;
+                part.epoch += 1;
+            }
             let (from, epoch) = (part.pos, part.epoch);
             let (finished, done) = watch::channel(());
             part.loading.insert(
@@ -231,6 +247,7 @@ impl Fanout {
                 },
             );
             drop(part);
+            self.inner.wake[self.partition(doc) as usize].notify_waiters();
             // The load runs as its own task: a request that goes away (an
             // HTTP client hanging up) must not leave the slot behind.
             let me = self.clone();

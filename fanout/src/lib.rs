@@ -106,6 +106,8 @@ pub(crate) struct Inner {
     pub(crate) log: Arc<dyn OpLog>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) parts: Vec<Mutex<hub::Part>>,
+    /// Wakes a partition's consumers when it stops being idle.
+    pub(crate) wake: Vec<tokio::sync::Notify>,
     pub(crate) metrics: Metrics,
     pub(crate) next_id: AtomicU64,
 }
@@ -136,6 +138,7 @@ impl Fanout {
                 config,
                 log,
                 store,
+                wake: (0..n).map(|_| tokio::sync::Notify::new()).collect(),
                 parts,
                 metrics,
                 next_id: AtomicU64::new(1),
@@ -191,13 +194,34 @@ impl Fanout {
         Ok(())
     }
 
-    /// The next applied offset each partition's consumer will read.
-    pub async fn positions(&self) -> Vec<oplog::Offset> {
+    /// The next applied offset each partition's consumer will read; `None`
+    /// for a partition this gateway does not follow now (idle).
+    pub async fn positions(&self) -> Vec<Option<oplog::Offset>> {
         let mut out = Vec::with_capacity(self.inner.parts.len());
         for p in &self.inner.parts {
-            out.push(p.lock().await.pos);
+            let part = p.lock().await;
+            out.push((!part.idle()).then_some(part.pos));
         }
         out
+    }
+
+    /// Waits while partition `p` is idle (no document of it in memory or
+    /// being loaded). Returns false on shutdown.
+    pub(crate) async fn while_idle(&self, p: Partition, shutdown: &CancellationToken) -> bool {
+        loop {
+            let woken = self.inner.wake[p as usize].notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if !self.inner.parts[p as usize].lock().await.idle() {
+                return true;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = woken => {}
+                // Documents also leave by eviction: look again now and then.
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     /// Whether log and store answer.

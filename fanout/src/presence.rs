@@ -21,6 +21,14 @@ impl Fanout {
         let topic = self.inner.config.topics.presence.clone();
         let mut pos = self.inner.log.high_watermark(&topic, p).await?;
         loop {
+            // Only partitions with documents in memory are followed; after
+            // a sleep, from the end (nothing old is replayed).
+            if self.inner.parts[p as usize].lock().await.idle() {
+                if !self.while_idle(p, shutdown).await {
+                    return Ok(());
+                }
+                pos = self.inner.log.high_watermark(&topic, p).await?;
+            }
             let fetched = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 b = self.inner.log.fetch(&topic, p, pos, 500, Duration::from_millis(500)) => b,

@@ -530,7 +530,7 @@ async fn sample_lag(
                         .await
                         .ok()
                         .map(|c| c.unwrap_or(0)),
-                    None => fanout_pos.get(p as usize).copied(),
+                    None => fanout_pos.get(p as usize).copied().flatten(),
                 };
                 let (Some(pos), Ok(end)) = (pos, log.high_watermark(topic, p).await) else {
                     continue;
