@@ -849,3 +849,110 @@ async fn a_join_from_ahead_waits_for_this_gateway_to_get_there() {
     token.cancel();
     task.await.unwrap();
 }
+
+/// The log, counting fetches.
+struct CountingLog {
+    inner: Arc<EmbeddedLog>,
+    fetches: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl OpLog for CountingLog {
+    fn partitions(&self, topic: &str) -> oplog::Result<u32> {
+        self.inner.partitions(topic)
+    }
+    async fn produce(
+        &self,
+        topic: &str,
+        records: Vec<(String, Vec<u8>)>,
+    ) -> oplog::Result<Vec<(oplog::Partition, Offset)>> {
+        self.inner.produce(topic, records).await
+    }
+    async fn fetch(
+        &self,
+        topic: &str,
+        partition: oplog::Partition,
+        from: Offset,
+        max: usize,
+        wait: Duration,
+    ) -> oplog::Result<Vec<oplog::Record>> {
+        self.fetches.fetch_add(1, Ordering::SeqCst);
+        self.inner.fetch(topic, partition, from, max, wait).await
+    }
+    async fn high_watermark(&self, topic: &str, p: oplog::Partition) -> oplog::Result<Offset> {
+        self.inner.high_watermark(topic, p).await
+    }
+    async fn log_start(&self, topic: &str, p: oplog::Partition) -> oplog::Result<Offset> {
+        self.inner.log_start(topic, p).await
+    }
+    async fn commit(
+        &self,
+        group: &str,
+        topic: &str,
+        p: oplog::Partition,
+        next: Offset,
+    ) -> oplog::Result<()> {
+        self.inner.commit(group, topic, p, next).await
+    }
+    async fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        p: oplog::Partition,
+    ) -> oplog::Result<Option<Offset>> {
+        self.inner.committed(group, topic, p).await
+    }
+    async fn delete_records(
+        &self,
+        topic: &str,
+        p: oplog::Partition,
+        before: Offset,
+    ) -> oplog::Result<Offset> {
+        self.inner.delete_records(topic, p, before).await
+    }
+    async fn ping(&self) -> oplog::Result<()> {
+        self.inner.ping().await
+    }
+}
+
+/// A gateway reads only the partitions of documents it has: with none, its
+/// consumers do not fetch; the first join wakes them, and the document's
+/// ops flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_follows_only_partitions_it_needs() {
+    let mut env = Env::new();
+    let early = env.produce_ops("idle", 2).await;
+    let log = Arc::new(CountingLog {
+        inner: env.log.clone(),
+        fetches: AtomicUsize::new(0),
+    });
+    let fanout = Fanout::new(
+        FanoutConfig {
+            topics: env.topics.clone(),
+            window: WindowPolicy::default(),
+            subscriber_queue: 1024,
+            max_idle_docs: 16,
+        },
+        log.clone(),
+        env.store.clone(),
+        Metrics::new(&prometheus::Registry::new()),
+    )
+    .await
+    .unwrap();
+    let (token, task) = start(&fanout);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        log.fetches.load(Ordering::SeqCst),
+        0,
+        "no document: no fetch"
+    );
+    let mut j = fanout.join("idle", "c", None).await.unwrap();
+    assert_eq!(j.version, early[1].seq);
+    let mut f = Follower::default();
+    f.join(&j, "join");
+    let more = env.produce_ops("idle", 3).await;
+    f.follow_to(&mut j, more[2].seq, "live after waking").await;
+    assert!(log.fetches.load(Ordering::SeqCst) > 0);
+    token.cancel();
+    task.await.unwrap();
+}
