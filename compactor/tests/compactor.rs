@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use compactor::{CompactorConfig, CompactorError, Metrics};
 use document::{Topics, WindowPolicy, COMPACTOR_GROUP, TRANSFORMER_GROUP};
-use oplog::{partition_for, EmbeddedLog, EmbeddedLogConfig, Offset, OpLog, Partition, Record};
+use oplog::{partition_for, EmbeddedLog, EmbeddedLogConfig, Offset, OpLog, Partition};
 use protocol::{AppliedRecord, ErrorCode, OutRecord, RejectedRecord};
 use store::{Call, EmbeddedStore, Intercept, Intercepted, Store};
 use tokio::sync::Notify;
@@ -36,11 +36,11 @@ type Violations = Arc<Mutex<Vec<String>>>;
 /// `(doc, seq)` -> where the test produced that applied record.
 type Offsets = Arc<Mutex<HashMap<(String, u64), (Partition, Offset)>>>;
 
-/// The embedded log; every DeleteRecords is checked against the bounds of
-/// the moment it is made (committed positions and high watermarks only grow,
+/// Every DeleteRecords on the log is checked against the bounds of the
+/// moment it is made (committed positions and high watermarks only grow,
 /// so bounds read here are never tighter than the ones the compactor read).
-struct CheckedLog {
-    inner: EmbeddedLog,
+struct DeleteChecks {
+    log: EmbeddedLog,
     topics: Topics,
     /// `retain_records` of the compactor currently running.
     keep: AtomicU64,
@@ -50,68 +50,21 @@ struct CheckedLog {
 }
 
 #[async_trait::async_trait]
-impl OpLog for CheckedLog {
-    fn partitions(&self, topic: &str) -> oplog::Result<u32> {
-        self.inner.partitions(topic)
-    }
-
-    async fn produce(
-        &self,
-        topic: &str,
-        records: Vec<(String, Vec<u8>)>,
-    ) -> oplog::Result<Vec<(Partition, Offset)>> {
-        self.inner.produce(topic, records).await
-    }
-
-    async fn fetch(
-        &self,
-        topic: &str,
-        partition: Partition,
-        from: Offset,
-        max: usize,
-        wait: Duration,
-    ) -> oplog::Result<Vec<Record>> {
-        self.inner.fetch(topic, partition, from, max, wait).await
-    }
-
-    async fn high_watermark(&self, topic: &str, partition: Partition) -> oplog::Result<Offset> {
-        self.inner.high_watermark(topic, partition).await
-    }
-
-    async fn log_start(&self, topic: &str, partition: Partition) -> oplog::Result<Offset> {
-        self.inner.log_start(topic, partition).await
-    }
-
-    async fn commit(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: Partition,
-        next: Offset,
-    ) -> oplog::Result<()> {
-        self.inner.commit(group, topic, partition, next).await
-    }
-
-    async fn committed(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: Partition,
-    ) -> oplog::Result<Option<Offset>> {
-        self.inner.committed(group, topic, partition).await
-    }
-
-    async fn delete_records(
-        &self,
-        topic: &str,
-        partition: Partition,
-        before: Offset,
-    ) -> oplog::Result<Offset> {
+impl oplog::Intercept for DeleteChecks {
+    async fn before(&self, call: oplog::Call<'_>) -> oplog::Result<()> {
+        let oplog::Call::DeleteRecords {
+            topic,
+            partition,
+            before,
+        } = call
+        else {
+            return Ok(());
+        };
         let t = &self.topics;
-        let hw = self.inner.high_watermark(topic, partition).await?;
+        let hw = self.log.high_watermark(topic, partition).await?;
         let keep = self.keep.load(Ordering::SeqCst).max(1);
         let committed = |group: &'static str| {
-            let inner = &self.inner;
+            let inner = &self.log;
             async move {
                 inner
                     .committed(group, topic, partition)
@@ -145,11 +98,7 @@ impl OpLog for CheckedLog {
             .lock()
             .unwrap()
             .push((topic.to_owned(), partition, before));
-        self.inner.delete_records(topic, partition, before).await
-    }
-
-    async fn ping(&self) -> oplog::Result<()> {
-        self.inner.ping().await
+        Ok(())
     }
 }
 
@@ -215,7 +164,7 @@ struct Harness {
     topics: Topics,
     parts: u32,
     raw: EmbeddedLog,
-    log: Arc<CheckedLog>,
+    log: Arc<oplog::Intercepted<DeleteChecks>>,
     store: Arc<Intercepted<Checks>>,
     violations: Violations,
     /// Per document: (version, last cseq).
@@ -272,12 +221,15 @@ impl Harness {
         })
         .unwrap();
         let violations: Violations = Arc::default();
-        let log = Arc::new(CheckedLog {
-            inner: raw.clone(),
-            topics: topics.clone(),
-            keep: AtomicU64::new(0),
-            violations: violations.clone(),
-            deletes: Mutex::default(),
+        let log = Arc::new(oplog::Intercepted {
+            inner: Arc::new(raw.clone()),
+            hook: DeleteChecks {
+                log: raw.clone(),
+                topics: topics.clone(),
+                keep: AtomicU64::new(0),
+                violations: violations.clone(),
+                deletes: Mutex::default(),
+            },
         });
         let store = Arc::new(Intercepted {
             inner: Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap()),
@@ -318,7 +270,10 @@ impl Harness {
     }
 
     fn start(&self, config: CompactorConfig) -> Running {
-        self.log.keep.store(config.retain_records, Ordering::SeqCst);
+        self.log
+            .hook
+            .keep
+            .store(config.retain_records, Ordering::SeqCst);
         let token = CancellationToken::new();
         let task = tokio::spawn(compactor::run(
             config,
@@ -574,7 +529,7 @@ async fn truncation_never_passes_what_readers_need() {
         // The first truncation of quire.applied came right after the held
         // batch: its bound was the compactor's position (60), not the
         // retention (250).
-        let deletes = h.log.deletes.lock().unwrap();
+        let deletes = h.log.hook.deletes.lock().unwrap();
         let first_applied = deletes.iter().find(|(t, _, _)| *t == applied);
         assert_eq!(
             first_applied.map(|d| d.2),

@@ -850,68 +850,16 @@ async fn a_join_from_ahead_waits_for_this_gateway_to_get_there() {
     task.await.unwrap();
 }
 
-/// The log, counting fetches.
-struct CountingLog {
-    inner: Arc<EmbeddedLog>,
-    fetches: AtomicUsize,
-}
+/// Counts the log's fetches.
+struct CountFetches(AtomicUsize);
 
 #[async_trait::async_trait]
-impl OpLog for CountingLog {
-    fn partitions(&self, topic: &str) -> oplog::Result<u32> {
-        self.inner.partitions(topic)
-    }
-    async fn produce(
-        &self,
-        topic: &str,
-        records: Vec<(String, Vec<u8>)>,
-    ) -> oplog::Result<Vec<(oplog::Partition, Offset)>> {
-        self.inner.produce(topic, records).await
-    }
-    async fn fetch(
-        &self,
-        topic: &str,
-        partition: oplog::Partition,
-        from: Offset,
-        max: usize,
-        wait: Duration,
-    ) -> oplog::Result<Vec<oplog::Record>> {
-        self.fetches.fetch_add(1, Ordering::SeqCst);
-        self.inner.fetch(topic, partition, from, max, wait).await
-    }
-    async fn high_watermark(&self, topic: &str, p: oplog::Partition) -> oplog::Result<Offset> {
-        self.inner.high_watermark(topic, p).await
-    }
-    async fn log_start(&self, topic: &str, p: oplog::Partition) -> oplog::Result<Offset> {
-        self.inner.log_start(topic, p).await
-    }
-    async fn commit(
-        &self,
-        group: &str,
-        topic: &str,
-        p: oplog::Partition,
-        next: Offset,
-    ) -> oplog::Result<()> {
-        self.inner.commit(group, topic, p, next).await
-    }
-    async fn committed(
-        &self,
-        group: &str,
-        topic: &str,
-        p: oplog::Partition,
-    ) -> oplog::Result<Option<Offset>> {
-        self.inner.committed(group, topic, p).await
-    }
-    async fn delete_records(
-        &self,
-        topic: &str,
-        p: oplog::Partition,
-        before: Offset,
-    ) -> oplog::Result<Offset> {
-        self.inner.delete_records(topic, p, before).await
-    }
-    async fn ping(&self) -> oplog::Result<()> {
-        self.inner.ping().await
+impl oplog::Intercept for CountFetches {
+    async fn before(&self, call: oplog::Call<'_>) -> oplog::Result<()> {
+        if matches!(call, oplog::Call::Fetch { .. }) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
     }
 }
 
@@ -922,9 +870,9 @@ impl OpLog for CountingLog {
 async fn a_gateway_follows_only_partitions_it_needs() {
     let mut env = Env::new();
     let early = env.produce_ops("idle", 2).await;
-    let log = Arc::new(CountingLog {
+    let log = Arc::new(oplog::Intercepted {
         inner: env.log.clone(),
-        fetches: AtomicUsize::new(0),
+        hook: CountFetches(AtomicUsize::new(0)),
     });
     let fanout = Fanout::new(
         FanoutConfig {
@@ -942,7 +890,7 @@ async fn a_gateway_follows_only_partitions_it_needs() {
     let (token, task) = start(&fanout);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        log.fetches.load(Ordering::SeqCst),
+        log.hook.0.load(Ordering::SeqCst),
         0,
         "no document: no fetch"
     );
@@ -952,7 +900,7 @@ async fn a_gateway_follows_only_partitions_it_needs() {
     f.join(&j, "join");
     let more = env.produce_ops("idle", 3).await;
     f.follow_to(&mut j, more[2].seq, "live after waking").await;
-    assert!(log.fetches.load(Ordering::SeqCst) > 0);
+    assert!(log.hook.0.load(Ordering::SeqCst) > 0);
     token.cancel();
     task.await.unwrap();
 }

@@ -9,12 +9,14 @@
 pub mod conformance;
 mod embedded;
 pub mod group;
+mod intercept;
 mod murmur2;
 
 use std::time::Duration;
 
 pub use embedded::{EmbeddedLog, EmbeddedLogConfig};
 pub use group::{run_owned, GroupEvent, Membership};
+pub use intercept::{Call, Intercept, Intercepted};
 pub use murmur2::{murmur2, partition_for};
 
 pub type Offset = u64;
