@@ -70,3 +70,38 @@ fn reference_vectors() {
         "too few vectors read"
     );
 }
+
+/// Quire's own cursor-transform cases (`tests/data/cursor.ndjson`), read by
+/// this suite and by the TypeScript client's (`web/test/ot.test.ts`), so the
+/// two implementations cannot drift.
+#[test]
+fn cursor_vectors() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cursor.ndjson");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut n = 0;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let case: Value = serde_json::from_str(line).unwrap();
+        let ctx = format!("line {}: {line}", i + 1);
+        assert_eq!(case["kind"], "cursor", "{ctx}");
+        let doc = case["doc"].as_str().unwrap();
+        let o = op(&case["op"]);
+        // Every case's op fits its document, and the cursor is inside it.
+        let after = apply(doc, &o).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let cursor = case["cursor"].as_u64().unwrap() as usize;
+        assert!(cursor <= doc.chars().count(), "{ctx}");
+        let side = match case["side"].as_str().unwrap() {
+            "left" => Side::Left,
+            "right" => Side::Right,
+            s => panic!("unknown side {s}"),
+        };
+        let got = ot::transform_cursor(cursor, &o, side);
+        assert_eq!(got as u64, case["result"].as_u64().unwrap(), "{ctx}");
+        assert!(got <= after.chars().count(), "{ctx}");
+        n += 1;
+    }
+    assert!(n >= 20, "too few cursor vectors read: {n}");
+}
