@@ -223,6 +223,7 @@ export function applyWithDeleted(text: string, op: Op): { text: string; deleted:
       continue;
     }
     const n = Math.abs(c);
+    if (n === 0) continue; // not normal form, but harmless
     const end = advance(text, i, n);
     if (cpLength(text.slice(i, end)) < n) {
       throw new OtError(
