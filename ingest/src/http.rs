@@ -24,6 +24,7 @@ pub fn router(gw: Gateway) -> Router {
     Router::new()
         .route("/", get(editor_page))
         .route("/d/{doc}", get(editor_page))
+        .route("/assets/editor.js", get(editor_script))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -228,11 +229,26 @@ async fn metrics(State(gw): State<Gateway>) -> Response {
     ([(header::CONTENT_TYPE, enc.format_type().to_owned())], buf).into_response()
 }
 
-async fn editor_page() -> Html<&'static str> {
-    Html(
-        "<!doctype html><meta charset=utf-8><title>Quire</title>\
-         <h1>Quire</h1><p>The browser editor is not built yet. \
-         Connect an editor to <code>/v1/docs/{doc}/ws</code> or read a document at \
-         <code>/v1/docs/{doc}</code>.</p>",
+/// The browser editor (`web/`), built by `npm run build:page` into
+/// `web/dist/` and embedded here, so the binary serves it without Node.
+const EDITOR_HTML: &str = include_str!("../../web/dist/index.html");
+const EDITOR_JS: &str = include_str!("../../web/dist/editor.js");
+
+async fn editor_page() -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-cache")],
+        Html(EDITOR_HTML),
     )
+        .into_response()
+}
+
+async fn editor_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        EDITOR_JS,
+    )
+        .into_response()
 }
