@@ -235,11 +235,7 @@ const EDITOR_HTML: &str = include_str!("../../web/dist/index.html");
 const EDITOR_JS: &str = include_str!("../../web/dist/editor.js");
 
 async fn editor_page() -> Response {
-    (
-        [(header::CACHE_CONTROL, "no-cache")],
-        Html(EDITOR_HTML),
-    )
-        .into_response()
+    ([(header::CACHE_CONTROL, "no-cache")], Html(EDITOR_HTML)).into_response()
 }
 
 async fn editor_script() -> Response {
