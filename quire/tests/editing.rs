@@ -434,3 +434,27 @@ async fn a_subscriber_that_falls_behind_is_cut_off_then_catches_up() {
     assert_eq!(slow.text().len(), chunk.len() * CHUNKS);
     assert_exactly_once(&slow);
 }
+
+/// `/` and `/d/{doc}` serve the browser editor built into the binary, and
+/// the script it loads is there (web/dist, embedded at build time).
+#[test]
+fn the_binary_serves_the_browser_editor() {
+    let s = Server::start(&[]);
+    for path in ["/", "/d/notes"] {
+        let (status, page) = s.get(path);
+        assert_eq!(status, 200, "{path}");
+        let page = page.as_str().expect("an HTML page");
+        assert!(page.contains("<div id=\"editor\">"), "{path}: {page}");
+        assert!(page.contains("src=\"/assets/editor.js\""), "{path}");
+    }
+    let (status, script) = s.get("/assets/editor.js");
+    assert_eq!(status, 200);
+    let script = script.as_str().expect("the script as text");
+    // The bundle carries CodeMirror and Quire's client (its WebSocket path).
+    assert!(script.len() > 50_000, "script of {} bytes", script.len());
+    assert!(
+        script.contains("/ws"),
+        "the bundle speaks to the WebSocket endpoint"
+    );
+    assert!(script.contains("cm-content"), "the bundle has CodeMirror");
+}
