@@ -4,7 +4,9 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use client::{Client, CoreEvent};
 use common::{all_ops, history_page, random_edit, replay_history, Server};
@@ -151,8 +153,12 @@ async fn repeated_kills_during_compaction_lose_nothing() {
     let mut r = SplitMix64::new(99);
     for round in 0..3 {
         let mut tasks = Vec::new();
+        // Ops each document's editors got acknowledged in this round.
+        let acked: Arc<Vec<AtomicUsize>> =
+            Arc::new(docs.iter().map(|_| AtomicUsize::new(0)).collect());
         for (i, mut c) in clients.drain(..).enumerate() {
             let seed = r.next_u64();
+            let acked = acked.clone();
             tasks.push(tokio::spawn(async move {
                 let mut r = SplitMix64::new(seed);
                 let mut seen = Vec::new();
@@ -161,12 +167,20 @@ async fn repeated_kills_during_compaction_lose_nothing() {
                     if c.edit(op).await.is_err() || c.settle(T).await.is_err() {
                         break;
                     }
+                    acked[i % acked.len()].fetch_add(1, Ordering::Relaxed);
                     seen.push((c.version(), c.core.server_text()));
                 }
                 (i, c, seen)
             }));
         }
+        // The kill comes mid-stream: after 700 ms, and once every document
+        // has had a few ops through in this round (a restarted process on
+        // a broker may take seconds to get its partitions back).
         tokio::time::sleep(Duration::from_millis(700)).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked.iter().any(|n| n.load(Ordering::Relaxed) < 3) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         server.kill_and_restart();
         let mut back: Vec<(usize, Client)> = Vec::new();
         for t in tasks {

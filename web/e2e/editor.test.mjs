@@ -65,6 +65,49 @@ test("two pages typing at once, emoji included, converge", async () => {
   await b.context().close();
 });
 
+test("two pages typing at the same place converge, each one's keystrokes in order", async () => {
+  const doc = uniqueDoc("same-place");
+  await postOp(quire.url, doc, { client: "seed", cseq: 1, base: 0, op: ["[]"] });
+  const a = await openEditor(browser, quire.url, doc);
+  const b = await openEditor(browser, quire.url, doc);
+  for (const p of [a, b]) {
+    await p.locator(".cm-content").click();
+    await p.keyboard.press("Control+Home");
+    await p.keyboard.press("ArrowRight");
+  }
+  const fromA = "abcdefgh😀ijkl";
+  const fromB = "12345678🎉9054";
+  await Promise.all([a.keyboard.type(fromA, { delay: 10 }), b.keyboard.type(fromB, { delay: 10 })]);
+  const text = await converged(quire.url, doc, [a, b]);
+  const inner = [...text.slice(1, -1)];
+  assert.equal(text[0] + text.at(-1), "[]");
+  assert.equal(inner.length, [...fromA].length + [...fromB].length);
+  // However they interleave, each page's characters keep their order.
+  assert.equal(inner.filter((c) => fromA.includes(c)).join(""), fromA);
+  assert.equal(inner.filter((c) => fromB.includes(c)).join(""), fromB);
+  await screenshot(a, "same-place");
+  await a.context().close();
+  await b.context().close();
+});
+
+test("a document with \\r\\n line ends keeps every character where it is", async () => {
+  const doc = uniqueDoc("crlf");
+  await postOp(quire.url, doc, { client: "seed", cseq: 1, base: 0, op: ["one\r\ntwo 😀\r\n"] });
+  const a = await openEditor(browser, quire.url, doc);
+  const b = await openEditor(browser, quire.url, doc);
+  assert.equal(await editorText(a), "one\r\ntwo 😀\r\n");
+  await a.locator(".cm-content").click();
+  await a.keyboard.press("Control+End");
+  await a.keyboard.type("end");
+  await b.locator(".cm-content").click();
+  await b.keyboard.press("Control+Home");
+  await b.keyboard.type("start ");
+  const text = await converged(quire.url, doc, [a, b]);
+  assert.equal(text, "start one\r\ntwo 😀\r\nend");
+  await a.context().close();
+  await b.context().close();
+});
+
 test("a page that goes offline keeps typing and loses nothing when it comes back", async () => {
   const doc = uniqueDoc("offline");
   await postOp(quire.url, doc, { client: "seed", cseq: 1, base: 0, op: ["one\ntwo\n"] });

@@ -66,7 +66,9 @@ function build(cursors: RemoteCursor[], len: number): DecorationSet {
         }).range(from, to),
       );
     }
-    ranges.push(Decoration.widget({ widget: new Caret(c.name, c.color, c.client), side: 1 }).range(head));
+    // side -1: text typed at the caret's position goes after it, as the
+    // client moves the cursor ("left" in transformCursor).
+    ranges.push(Decoration.widget({ widget: new Caret(c.name, c.color, c.client), side: -1 }).range(head));
   }
   return Decoration.set(ranges, true);
 }

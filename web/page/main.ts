@@ -179,6 +179,10 @@ function showEditor(doc: string): void {
           ...defaultKeymap,
           indentWithTab,
         ]),
+        // Lines end at "\n" only: a "\r" stays a character, as it is for
+        // the server and every other client (the default would turn "\r\n"
+        // into one separator and shift every position after it).
+        EditorState.lineSeparator.of("\n"),
         remoteCursors,
         cursorTheme,
         EditorState.readOnly.of(readOnly),
@@ -212,6 +216,10 @@ function showEditor(doc: string): void {
   // Editors who join later learn where we are.
   setInterval(sendPresence, 10_000);
   sendPresence();
+  // Edits not yet on the server live only in this tab.
+  addEventListener("beforeunload", (e) => {
+    if (!conn.core.settled) e.preventDefault();
+  });
   conn.start();
   setupHistory(doc);
   (window as unknown as { quire: unknown }).quire = { view, conn, undo, step };
@@ -256,6 +264,7 @@ function setupHistory(doc: string): void {
     }
     const op = ops[i - 1] as AppliedMsg;
     const r = await fetch(`/v1/docs/${encodeURIComponent(doc)}${tokenQuery}${tokenQuery ? "&" : "?"}at=${op.seq}`);
+    if (!r.ok) throw new Error(`version ${op.seq}: HTTP ${r.status}`);
     const body = (await r.json()) as { seq: number; text: string };
     if (shown !== i) return; // a later choice won
     info.textContent = `Version ${op.seq} · change ${i} of ${ops.length} · by ${op.user} · ${new Date(op.ts).toLocaleString()}`;
@@ -265,7 +274,7 @@ function setupHistory(doc: string): void {
 
   slider.addEventListener("input", () => {
     if (timer) clearTimeout(timer);
-    timer = setTimeout(() => void show(Number(slider.value)), 60);
+    timer = setTimeout(() => void show(Number(slider.value)).catch((e) => ($("history-info").textContent = String(e))), 60);
   });
   $("history-toggle").addEventListener("click", () => {
     panel.hidden = !panel.hidden;

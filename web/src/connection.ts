@@ -24,6 +24,9 @@ export interface RemotePresence {
   meta: PresenceMeta;
 }
 
+/** Applied ops kept to move other editors' cursors from the version they were sent at. */
+const RECENT_OPS = 256;
+
 /** Minimal WebSocket surface used here (browser WebSocket and Node's `ws` fit). */
 export interface SocketLike {
   readonly readyState: number;
@@ -85,6 +88,8 @@ export class Connection {
   private readonly remotes = new Map<string, StoredPresence>();
   private myPresence: { cursor: Cursor | null; meta: PresenceMeta } | null = null;
   private presenceDirty = false;
+  /** The last applied ops (oldest first), to move cursors sent at older versions. */
+  private recent: { seq: number; prev: number; op: Op }[] = [];
 
   constructor(opts: ConnectionOptions, on: ConnectionEvents = {}) {
     this.opts = opts;
@@ -191,19 +196,30 @@ export class Connection {
       }
       this.onServer(msg);
     };
-    ws.onclose = () => {
-      if (this.socket !== ws) return;
-      this.socket = null;
-      this.core.disconnected();
-      this.stopPing();
-      for (const client of [...this.remotes.keys()]) this.dropRemote(client);
-      if (this.stopped || this._status === "unauthorized") return;
-      this.setStatus("offline");
-      this.scheduleReconnect();
-    };
+    ws.onclose = () => this.lost(ws);
     ws.onerror = () => {
       // onclose follows.
     };
+  }
+
+  /** The connection is gone (closed, or silent too long): go offline and reconnect. */
+  private lost(ws: SocketLike): void {
+    if (this.socket !== ws) return;
+    this.socket = null;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(4002, "lost");
+    } catch {
+      // already closed
+    }
+    this.core.disconnected();
+    this.stopPing();
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    for (const client of [...this.remotes.keys()]) this.dropRemote(client);
+    if (this.stopped || this._status === "unauthorized") return;
+    this.setStatus("offline");
+    this.scheduleReconnect();
   }
 
   private scheduleReconnect(): void {
@@ -227,8 +243,10 @@ export class Connection {
     this.stopPing();
     const every = this.opts.pingMs ?? 15_000;
     this.pingTimer = setInterval(() => {
-      if (Date.now() - this.lastHeard > 3 * every) this.socket?.close(4002, "silent");
-      else if (Date.now() - this.lastHeard > every) this.send({ type: "ping" });
+      // A dead peer may never finish a closing handshake: do not wait for it.
+      if (Date.now() - this.lastHeard > 3 * every) {
+        if (this.socket) this.lost(this.socket);
+      } else if (Date.now() - this.lastHeard > every) this.send({ type: "ping" });
     }, every);
   }
 
@@ -271,6 +289,7 @@ export class Connection {
     if (msg.type === "error" && msg.code === "UNAUTHORIZED") {
       this.setStatus("unauthorized");
     }
+    if (msg.type === "snapshot") this.recent = [];
     for (const ev of this.core.onMessage(msg)) {
       this.on.core?.(ev);
       switch (ev.type) {
@@ -284,10 +303,14 @@ export class Connection {
           for (const p of this.remotes.values()) {
             if (p.mapped && p.cursor) p.cursor = moveCursor(p.cursor, ev.op, "left");
           }
+          if (this.myPresence?.cursor) this.myPresence.cursor = moveCursor(this.myPresence.cursor, ev.op, "left");
           this.on.change?.(ev.op);
           break;
         case "applied":
-          this.mapHeldPresence();
+          if (msg.type === "applied") {
+            this.recent.push({ seq: msg.seq, prev: msg.prev, op: msg.op });
+            if (this.recent.length > RECENT_OPS) this.recent.shift();
+          }
           break;
         case "gap":
         case "desync":
@@ -306,6 +329,8 @@ export class Connection {
           break;
       }
     }
+    // Cursors held for this version are moved in once the text has it.
+    this.mapHeldPresence();
     this.pump();
   }
 
@@ -323,16 +348,27 @@ export class Connection {
     this.mapHeldPresence();
   }
 
-  /** Moves cursors sent at our server version into the local text. */
+  /**
+   * Moves cursors sent at a version we have reached into the local text:
+   * through the applied ops since that version, then our pending edits.
+   */
   private mapHeldPresence(): void {
     const pending = this.core.pending;
     const len = cpLength(this.core.text);
     for (const p of this.remotes.values()) {
       if (p.mapped || p.seq > this.core.version) continue;
       if (p.cursor) {
-        // At an older version we lack the ops between: clamp instead.
         let c = p.cursor;
-        if (p.seq === this.core.version && pending) c = moveCursor(c, pending, "left");
+        let exact = p.seq === this.core.version;
+        if (!exact) {
+          const i = this.recent.findIndex((r) => r.seq > p.seq);
+          if (i >= 0 && (this.recent[i] as { prev: number }).prev <= p.seq) {
+            for (const r of this.recent.slice(i)) c = moveCursor(c, r.op, "left");
+            exact = true;
+          }
+        }
+        // Older than the ops we keep: the nearest position still in the text.
+        if (exact && pending) c = moveCursor(c, pending, "left");
         p.cursor = { anchor: Math.min(c.anchor, len), head: Math.min(c.head, len) };
       }
       p.mapped = true;

@@ -1,12 +1,15 @@
 /**
- * Per-user undo and redo: only the local user's edits are undone, each
- * inverse transformed through everything that happened after it (remote ops
- * and the user's later edits), so undo never reverts someone else's change.
+ * Per-user undo and redo: only the local user's edits are undone. Each stack
+ * is a chain: its top applies to the current local text, each step below it
+ * to the text the steps above it produce. Local edits extend the chain; a
+ * remote op is transformed through the whole chain (and the chain through
+ * it), so undo never reverts someone else's change and the steps keep fitting
+ * the text.
  */
 import { compose, invert, isNoop, transform, type Op } from "./ot.js";
 
 interface Entry {
-  /** Applies to the current local text and undoes (or redoes) one step. */
+  /** Undoes (or redoes) one step; see the chain rule above. */
   op: Op;
   /** When the step was last extended (for grouping keystrokes). */
   at: number;
@@ -44,11 +47,10 @@ export class UndoStack {
     const inv = invert(op, deleted);
     const top = this.undos[this.undos.length - 1];
     if (top && this.canGroup && now - top.at < this.groupMs) {
-      // Undo the newest edit first, then the group's earlier ones.
+      // Undo the newest edit first, then the rest of the group.
       top.op = compose(inv, top.op);
       top.at = now;
     } else {
-      this.moveThrough(this.undos, op);
       this.undos.push({ op: inv, at: now });
       if (this.undos.length > this.depth) this.undos.shift();
     }
@@ -56,11 +58,11 @@ export class UndoStack {
     this.canGroup = true;
   }
 
-  /** Someone else's op changed the local text: every step moves through it. */
+  /** Someone else's op changed the local text. */
   recordRemote(op: Op): void {
     if (isNoop(op)) return;
-    this.moveThrough(this.undos, op);
-    this.moveThrough(this.redos, op);
+    rebaseChain(this.undos, op);
+    rebaseChain(this.redos, op);
     this.canGroup = false;
   }
 
@@ -84,11 +86,8 @@ export class UndoStack {
 
   /** The op from {@link undo} (or {@link redo}) was applied; `deleted` is what it removed. */
   applied(op: Op, deleted: string[], kind: "undo" | "redo", now: number): void {
-    const inv = invert(op, deleted);
-    const [done, other] = kind === "undo" ? [this.undos, this.redos] : [this.redos, this.undos];
-    this.moveThrough(done, op);
-    this.moveThrough(other, op);
-    other.push({ op: inv, at: now });
+    const other = kind === "undo" ? this.redos : this.undos;
+    other.push({ op: invert(op, deleted), at: now });
     this.canGroup = false;
   }
 
@@ -103,8 +102,22 @@ export class UndoStack {
     }
     return null;
   }
+}
 
-  private moveThrough(stack: Entry[], op: Op): void {
-    for (const e of stack) e.op = transform(e.op, op, "right");
+/**
+ * Moves a chain (top = last, applying to the current text) through `op`,
+ * which was made on the current text: each step is rebased after `op`, and
+ * `op` in turn is rebased after the step to meet the next one down. A step's
+ * inserts go left of `op`'s at a shared position: they restore text that
+ * was there before `op` was typed next to it. (The other choice lets a later
+ * step's delete land on someone else's character: the seeded test in
+ * test/undo.test.ts finds such cases.)
+ */
+function rebaseChain(stack: Entry[], op: Op): void {
+  for (let i = stack.length - 1; i >= 0; i--) {
+    const e = stack[i] as Entry;
+    const step = transform(e.op, op, "left");
+    op = transform(op, e.op, "right");
+    e.op = step;
   }
 }

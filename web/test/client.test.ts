@@ -182,7 +182,8 @@ function simulate(seed: number, insertOnly: boolean) {
     const s = clients[Math.floor(r() * clients.length)] as Sim;
     const k = r();
     const editing = step < steps;
-    if (editing && k < 0.3 && s.core.live) {
+    // Edits happen offline and during merges too, not only when live.
+    if (editing && k < 0.3) {
       const len = cpLength(s.core.text);
       const pos = Math.floor(r() * (len + 1));
       if (insertOnly || r() < 0.7 || len === 0) {

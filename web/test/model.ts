@@ -23,6 +23,8 @@ export class ModelServer {
   private nextSeq = 1;
   history: AppliedMsg[] = [];
   private applied = new Map<string, number>(); // "client/cseq" -> seq
+  /** Per client, the cseqs applied or refused. */
+  private decided = new Map<string, Set<number>>();
   conns: ModelConn[] = [];
   private nextConn = 1;
   /** Ops older than the last `window` applied ops cannot be transformed. */
@@ -71,8 +73,17 @@ export class ModelServer {
           send({ type: "ack", client: msg.client, cseq: msg.cseq, seq: done, dup: true });
           return;
         }
-        const refuse = (code: "STALE_BASE" | "INVALID_OP", message: string) =>
+        const refuse = (code: "STALE_BASE" | "INVALID_OP", message: string) => {
+          this.decided.get(msg.client)?.add(msg.cseq);
           this.broadcastTo(msg.client, { type: "error", code, message, client: msg.client, cseq: msg.cseq }, c);
+        };
+        // SPEC §4: one op in flight. A new cseq comes only after the server
+        // decided the previous one (applied or refused).
+        const decided = this.decided.get(msg.client) ?? new Set<number>();
+        if (msg.cseq > 1 && !decided.has(msg.cseq - 1)) {
+          throw new Error(`${msg.client} sent cseq ${msg.cseq} before ${msg.cseq - 1} was decided`);
+        }
+        this.decided.set(msg.client, decided);
         if (msg.base > this.version) return refuse("INVALID_OP", "base ahead");
         if (msg.base < this.oldestBase()) return refuse("STALE_BASE", "base too old");
         let op: Op = msg.op;
@@ -92,6 +103,7 @@ export class ModelServer {
         this.version = seq;
         this.history.push(rec);
         this.applied.set(key, seq);
+        this.decided.get(msg.client)?.add(msg.cseq);
         for (const o of this.conns) if (o.joined && o.open) o.toClient.push(rec);
         break;
       }

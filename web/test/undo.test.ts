@@ -47,8 +47,8 @@ describe("UndoStack", () => {
     d.local([4, -4]); // "abc ghi"
     d.remote([4, "NEW "]); // "abc NEW ghi"
     d.step("undo");
-    // The restored text goes after what was typed in its place.
-    expect(d.text).toBe("abc NEW def ghi");
+    // The restored text goes back where it was, before what was typed there since.
+    expect(d.text).toBe("abc def NEW ghi");
   });
 
   it("groups fast keystrokes into one step and undoes steps newest first", () => {
@@ -65,6 +65,22 @@ describe("UndoStack", () => {
     d.step("redo");
     d.step("redo");
     expect(d.text).toBe("abc later");
+  });
+
+  it("an edit joining a group moves the older steps too", () => {
+    const d = new Doc("");
+    for (const [i, ch] of [..."hello"].entries()) d.local([i, ch], 100);
+    d.local([5, " "], 2000);
+    for (const [i, ch] of [..."wor"].entries()) d.local([6 + i, ch], 100);
+    for (let n = 9; n > 4; n--) d.local([n - 1, -1], 100); // five backspaces: "hell"
+    expect(d.text).toBe("hell");
+    d.step("undo");
+    expect(d.text).toBe("hello");
+    d.step("undo");
+    expect(d.text).toBe("");
+    d.step("redo");
+    d.step("redo");
+    expect(d.text).toBe("hell");
   });
 
   it("a remote op ends a group, and a new edit clears redo", () => {
@@ -88,5 +104,53 @@ describe("UndoStack", () => {
     // The first edit's undo would delete what is already deleted: a no-op, skipped.
     expect(d.step("undo")).toBe(false);
     expect(d.text).toBe("xy");
+  });
+});
+
+describe("UndoStack, seeded", () => {
+  function rng(seed: number) {
+    let s = seed >>> 0;
+    return () => {
+      s = (s + 0x6d2b79f5) >>> 0;
+      let t = s;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+  }
+  const sorted = (s: string) => [...s].sort().join("");
+
+  it("undoing every local step removes exactly the local user's text and restores what it deleted", () => {
+    for (let seed = 1; seed <= 1000; seed++) {
+      const r = rng(seed);
+      const initial = "0123456789";
+      const d = new Doc(initial);
+      let remote = "";
+      let next = 0;
+      for (let i = 0; i < 40; i++) {
+        const len = [...d.text].length;
+        const pos = Math.floor(r() * (len + 1));
+        const k = r();
+        if (k < 0.3) {
+          // Someone else inserts a character nobody else uses.
+          const ch = String.fromCodePoint(0x1f300 + next++);
+          remote += ch;
+          d.remote([pos, ch]);
+        } else if (k < 0.7 || len === pos) {
+          d.local([pos, "abc".slice(0, 1 + Math.floor(r() * 3))], r() < 0.5 ? 100 : 1000);
+        } else {
+          // The local user deletes anything: initial, remote or own text.
+          d.local([pos, -Math.min(1 + Math.floor(r() * 3), len - pos)], r() < 0.5 ? 100 : 1000);
+        }
+      }
+      const final = d.text;
+      while (d.step("undo"));
+      // Every remote character is still there, once; the local user's text
+      // is gone; what the user deleted is back.
+      for (const ch of remote) expect(d.text.split(ch).length, `seed ${seed}: ${ch}`).toBe(2);
+      expect(sorted(d.text), `seed ${seed}`).toBe(sorted(initial + remote));
+      while (d.step("redo"));
+      expect(d.text, `seed ${seed}: redo all`).toBe(final);
+    }
   });
 });
