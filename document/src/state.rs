@@ -1,5 +1,6 @@
 use std::collections::{HashMap, VecDeque};
 
+use protocol::chain::{self, ChainHash};
 use protocol::{AppliedRecord, ClientEntry, ErrorCode, ProtoError, Snapshot};
 use ropey::Rope;
 
@@ -102,6 +103,8 @@ pub struct DocState {
     pub since_snapshot: u64,
     /// Net code-point change of each window op, for lengths at old versions.
     deltas: VecDeque<i64>,
+    /// The hash chain at `version` (RECORDS.md): the last record's `hash`.
+    pub chain: ChainHash,
 }
 
 /// The outcome of the duplicate check on `(client, cseq)` (SPEC §4, §7).
@@ -129,6 +132,7 @@ impl DocState {
             clock: i64::MIN,
             since_snapshot: 0,
             deltas: VecDeque::new(),
+            chain: chain::GENESIS,
         }
     }
 
@@ -147,6 +151,12 @@ impl DocState {
             clock: i64::MIN,
             since_snapshot: 0,
             deltas: VecDeque::new(),
+            // A snapshot from before the chain existed restarts it.
+            chain: s
+                .hash
+                .as_deref()
+                .and_then(chain::from_hex)
+                .unwrap_or(chain::GENESIS),
         }
     }
 
@@ -158,7 +168,13 @@ impl DocState {
             seq: self.version,
             text: self.text.to_string(),
             clients,
+            hash: Some(chain::to_hex(&self.chain)),
         }
+    }
+
+    /// The hash a record following the current version gets.
+    pub fn next_hash(&self, r: &AppliedRecord) -> ChainHash {
+        chain::chain_hash(&self.chain, r)
     }
 
     /// The `ts` an op stamped `ts` by ingest gets when applied: never
@@ -220,8 +236,14 @@ impl DocState {
     }
 
     /// Records an op whose effect is already in `text` (the transformer
-    /// applies it itself to learn the deleted text).
+    /// applies it itself to learn the deleted text). The chain takes the
+    /// record's `hash` (checking it is `quire audit`'s job), or computes it
+    /// for a version-1 record.
     pub fn push_applied(&mut self, r: AppliedRecord) {
+        self.chain = match r.hash.as_deref().and_then(chain::from_hex) {
+            Some(h) => h,
+            None => self.next_hash(&r),
+        };
         self.version = r.seq;
         self.clock = self.clock.max(r.ts);
         self.since_snapshot += 1;
@@ -356,6 +378,7 @@ mod tests {
             ts,
             op,
             del: del.iter().map(|s| s.to_string()).collect(),
+            hash: None,
         }
     }
 

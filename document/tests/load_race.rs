@@ -196,6 +196,7 @@ impl Writer {
             ts: seq as i64,
             op,
             del,
+            hash: None,
         };
         self.text = text;
         self.version = seq;

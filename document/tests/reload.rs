@@ -20,6 +20,7 @@ fn rec(seq: u64, client: &str, ts: i64) -> AppliedRecord {
         ts,
         op: Op::splice(0, 0, "x"),
         del: vec![],
+        hash: None,
     }
 }
 
@@ -68,6 +69,7 @@ async fn a_reload_forgets_the_clients_a_warm_window_forgot() {
             seq: 2,
             text: "xx".into(),
             clients: vec![entry("A", 1), entry("B", 2)],
+            hash: None,
         })
         .await
         .unwrap();

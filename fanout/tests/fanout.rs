@@ -76,6 +76,7 @@ impl Writer {
             ts: protocol::now_ms(),
             op,
             del,
+            hash: None,
         };
         self.text = text;
         self.version = seq;

@@ -3,6 +3,7 @@
 //! Parsing is strict: every malformed input becomes a [`ProtoError`] carrying
 //! an [`ErrorCode`], never a panic.
 
+pub mod chain;
 mod error;
 mod ids;
 mod limits;
@@ -15,7 +16,8 @@ pub use limits::{Limits, RECORD_OVERHEAD};
 pub use msg::{ClientMsg, Cursor, ServerMsg};
 pub use record::{
     decode_out_record, decode_presence_record, decode_raw_record, AppliedRecord, ClientEntry,
-    OutRecord, PresenceRecord, RawRecord, RejectedRecord, Snapshot, RECORD_VERSION,
+    OutRecord, PresenceRecord, RawRecord, RejectedRecord, Snapshot, APPLIED_VERSION,
+    APPLIED_VERSIONS_READ, RECORD_VERSION,
 };
 
 /// Milliseconds since the Unix epoch; the `ts` stamped by ingest.

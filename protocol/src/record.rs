@@ -6,7 +6,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ErrorCode, ProtoError};
 
+/// Version of `quire.ops` and `quire.presence` records.
 pub const RECORD_VERSION: u32 = 1;
+
+/// Version of `quire.applied` records this build writes: 2 adds `hash` to
+/// applied records (the chain, see [`crate::chain`]). Readers take 1 and 2.
+pub const APPLIED_VERSION: u32 = 2;
+
+/// `quire.applied` versions this build reads.
+pub const APPLIED_VERSIONS_READ: &[u32] = &[1, 2];
 
 /// A submitted op, as ingest produces it to `quire.ops`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +46,10 @@ pub struct AppliedRecord {
     pub ts: i64,
     pub op: Op,
     pub del: Vec<String>,
+    /// Version 2: the chain hash (64 hex digits) over the document's
+    /// previous record's hash and this record's content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 /// A refused op; `seq` is the raw record's.
@@ -98,18 +110,18 @@ struct Header {
     v: u32,
 }
 
-fn check_version(bytes: &[u8]) -> Result<(), ProtoError> {
+fn check_version(bytes: &[u8], known: &[u32]) -> Result<(), ProtoError> {
     let h: Header = serde_json::from_slice(bytes).map_err(|e| {
         ProtoError::new(
             ErrorCode::BadMessage,
             format!("record without a version: {e}"),
         )
     })?;
-    if h.v != RECORD_VERSION {
+    if !known.contains(&h.v) {
         return Err(ProtoError::new(
             ErrorCode::BadMessage,
             format!(
-                "record version {} is not known to this reader (knows {RECORD_VERSION})",
+                "record version {} is not known to this reader (knows {known:?})",
                 h.v
             ),
         ));
@@ -118,13 +130,13 @@ fn check_version(bytes: &[u8]) -> Result<(), ProtoError> {
 }
 
 pub fn decode_raw_record(bytes: &[u8]) -> Result<RawRecord, ProtoError> {
-    check_version(bytes)?;
+    check_version(bytes, &[RECORD_VERSION])?;
     serde_json::from_slice(bytes)
         .map_err(|e| ProtoError::new(ErrorCode::BadMessage, format!("bad ops record: {e}")))
 }
 
 pub fn decode_out_record(bytes: &[u8]) -> Result<OutRecord, ProtoError> {
-    check_version(bytes)?;
+    check_version(bytes, APPLIED_VERSIONS_READ)?;
     serde_json::from_slice(bytes)
         .map_err(|e| ProtoError::new(ErrorCode::BadMessage, format!("bad applied record: {e}")))
 }
@@ -191,7 +203,7 @@ impl PresenceRecord {
 }
 
 pub fn decode_presence_record(bytes: &[u8]) -> Result<PresenceRecord, ProtoError> {
-    check_version(bytes)?;
+    check_version(bytes, &[RECORD_VERSION])?;
     serde_json::from_slice(bytes)
         .map_err(|e| ProtoError::new(ErrorCode::BadMessage, format!("bad presence record: {e}")))
 }
@@ -212,6 +224,10 @@ pub struct Snapshot {
     pub seq: u64,
     pub text: String,
     pub clients: Vec<ClientEntry>,
+    /// The chain hash at `seq` (hex; absent in snapshots written before
+    /// the chain existed: the chain then restarts from the snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 #[cfg(test)]
@@ -232,6 +248,7 @@ mod tests {
             ts: 7,
             op: serde_json::from_str(r#"[1,"x",-1]"#).unwrap(),
             del: vec!["y".into()],
+            hash: None,
         };
         let json = String::from_utf8(r.encode()).unwrap();
         assert_eq!(
@@ -240,13 +257,31 @@ mod tests {
         );
         assert_eq!(
             decode_out_record(json.as_bytes()).unwrap(),
-            OutRecord::Applied(r)
+            OutRecord::Applied(r.clone())
+        );
+        // Version 2 adds the chain hash; both versions are read.
+        let v2 = AppliedRecord {
+            v: 2,
+            hash: Some("ab".repeat(32)),
+            ..r
+        };
+        let json = String::from_utf8(v2.encode()).unwrap();
+        assert!(
+            json.ends_with(&format!(r#","hash":"{}"}}"#, "ab".repeat(32))),
+            "{json}"
+        );
+        assert_eq!(
+            decode_out_record(json.as_bytes()).unwrap(),
+            OutRecord::Applied(v2)
         );
     }
 
     #[test]
     fn unknown_versions_are_refused() {
-        let e = decode_out_record(br#"{"v":2,"kind":"applied"}"#).unwrap_err();
+        let e = decode_out_record(br#"{"v":3,"kind":"applied"}"#).unwrap_err();
+        assert!(e.message.contains("version 3"), "{e}");
+        // Raw and presence records are still version 1 only.
+        let e = decode_raw_record(br#"{"v":2}"#).unwrap_err();
         assert!(e.message.contains("version 2"), "{e}");
         assert!(decode_raw_record(b"{}").is_err());
         assert!(decode_raw_record(b"garbage").is_err());

@@ -1,5 +1,6 @@
 //! `quire serve`: every role in one process, wired only through the log.
 
+pub mod audit;
 mod feed;
 
 pub use feed::LocalFeed;

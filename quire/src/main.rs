@@ -36,6 +36,32 @@ enum Cmd {
     /// Run the compactor as its own process (one of a consumer group);
     /// needs --kafka and --postgres.
     Compactor(Box<ServeArgs>),
+    /// Verify the applied records (prev chain, hash chain, replay against
+    /// the stored snapshots and archive; with --raw the ops topic too).
+    /// Prints one line per document; exits 1 on any violation.
+    Audit(Box<AuditArgs>),
+}
+
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// Only this document.
+    #[arg(long)]
+    doc: Option<String>,
+    /// Verify records from this seq on (earlier ones only rebuild the state).
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Read the records from the log's applied topic or the store's history.
+    #[arg(long, value_enum, default_value = "log")]
+    source: quire::audit::AuditSource,
+    /// Also check the ops topic: every submitted op decided exactly once.
+    #[arg(long)]
+    raw: bool,
+    /// JSON lines (one per document) instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// The deployment: the same flags as `quire serve`.
+    #[command(flatten)]
+    backend: ServeArgs,
 }
 
 #[derive(clap::Args)]
@@ -232,7 +258,42 @@ fn main() -> anyhow::Result<()> {
         Cmd::Gateway(args) => rt.block_on(serve(args.into_config(quire::Roles::GATEWAY)?)),
         Cmd::Transformer(args) => rt.block_on(serve(args.into_config(quire::Roles::TRANSFORMER)?)),
         Cmd::Compactor(args) => rt.block_on(serve(args.into_config(quire::Roles::COMPACTOR)?)),
+        Cmd::Audit(args) => {
+            let ok = rt.block_on(audit(*args))?;
+            std::process::exit(if ok { 0 } else { 1 });
+        }
     }
+}
+
+async fn audit(args: AuditArgs) -> anyhow::Result<bool> {
+    let config = args.backend.into_config(quire::Roles::ALL)?;
+    let backends = quire::audit::open_for_tool(&config).await?;
+    let opts = quire::audit::AuditOptions {
+        doc: args.doc,
+        from: args.from,
+        source: args.source,
+        raw: args.raw,
+        progress: !args.json,
+    };
+    let report = quire::audit::audit(
+        backends.log.as_ref(),
+        backends.store.as_ref(),
+        &backends.topics,
+        &opts,
+    )
+    .await?;
+    let stdout = std::io::stdout();
+    quire::audit::print_report(&report, args.json, &mut stdout.lock())?;
+    if let Some((doc, v)) = report.first_violation() {
+        eprintln!(
+            "quire audit: first violation: {}{}: {}",
+            doc.map(|d| format!("document {d}"))
+                .unwrap_or_else(|| "the topic".into()),
+            v.seq.map(|s| format!(", record {s}")).unwrap_or_default(),
+            v.reason
+        );
+    }
+    Ok(report.ok())
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {

@@ -19,6 +19,7 @@ pub fn record(doc: &str, seq: u64, client: &str, cseq: u64) -> AppliedRecord {
         ts: seq as i64,
         op: ot::Op::splice(0, 0, "x"),
         del: vec![],
+        hash: None,
     }
 }
 
@@ -49,6 +50,11 @@ pub async fn check(s: &dyn Store) {
     assert_eq!(seqs(s.history_before("d", 12, 2).await.unwrap()), [5, 9]);
     assert_eq!(seqs(s.history_before("d", 3, 10).await.unwrap()), [2]);
     assert_eq!(seqs(s.history("d2", 0, 10).await.unwrap()), [3]);
+    // The documents with history, in order, paged.
+    assert_eq!(s.documents("", 10).await.unwrap(), ["d", "d2"]);
+    assert_eq!(s.documents("", 1).await.unwrap(), ["d"]);
+    assert_eq!(s.documents("d", 10).await.unwrap(), ["d2"]);
+    assert!(s.documents("d2", 10).await.unwrap().is_empty());
     assert_eq!(
         s.history("d", 0, 10).await.unwrap()[1],
         rows[1],
@@ -103,6 +109,7 @@ pub async fn check(s: &dyn Store) {
                 cseq: seq,
                 seq,
             }],
+            hash: None,
         })
         .await
         .unwrap();
@@ -131,6 +138,7 @@ pub async fn check(s: &dyn Store) {
             seq,
             text: format!("t{seq}"),
             clients: vec![],
+            hash: None,
         })
         .await
         .unwrap();
@@ -158,6 +166,7 @@ pub async fn check(s: &dyn Store) {
         seq: 40,
         text: big.clone(),
         clients: vec![],
+        hash: None,
     };
     s.put_snapshot(&snap).await.unwrap();
     assert_eq!(
@@ -169,6 +178,7 @@ pub async fn check(s: &dyn Store) {
         seq: 40,
         text: "small".into(),
         clients: vec![],
+        hash: None,
     };
     s.put_snapshot(&small).await.unwrap();
     assert_eq!(

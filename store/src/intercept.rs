@@ -30,6 +30,9 @@ pub enum Call<'a> {
         client: &'a str,
         cseq: u64,
     },
+    Documents {
+        after: &'a str,
+    },
     Ping,
 }
 
@@ -84,6 +87,11 @@ impl<I: Intercept> Store for Intercepted<I> {
     async fn find_op(&self, doc: &str, client: &str, cseq: u64) -> Result<Option<AppliedRecord>> {
         self.hook.before(Call::FindOp { doc, client, cseq }).await?;
         self.inner.find_op(doc, client, cseq).await
+    }
+
+    async fn documents(&self, after: &str, limit: usize) -> Result<Vec<String>> {
+        self.hook.before(Call::Documents { after }).await?;
+        self.inner.documents(after, limit).await
     }
 
     async fn ping(&self) -> Result<()> {

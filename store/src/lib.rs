@@ -75,6 +75,9 @@ pub trait Store: Send + Sync + 'static {
     /// The archived op `(client, cseq)` of `doc`, found through an index
     /// (never a scan of the document's history).
     async fn find_op(&self, doc: &str, client: &str, cseq: u64) -> Result<Option<AppliedRecord>>;
+    /// Up to `limit` ids of documents with archived history, in byte order,
+    /// after `after` (`""`: from the first). For `quire audit` and export.
+    async fn documents(&self, after: &str, limit: usize) -> Result<Vec<String>>;
     async fn ping(&self) -> Result<()>;
 }
 
@@ -325,6 +328,31 @@ impl Store for EmbeddedStore {
                     reason: format!("indexed op {client}/{cseq} has no history row"),
                 }),
             }
+        })
+        .await
+    }
+
+    async fn documents(&self, after: &str, limit: usize) -> Result<Vec<String>> {
+        let after = after.to_owned();
+        self.read(move |r| {
+            let t = r.open_table(HISTORY).map_err(storage)?;
+            let mut out: Vec<String> = Vec::new();
+            // Skip from document to document: past every seq of the last.
+            let mut from = after;
+            while out.len() < limit {
+                let next = t
+                    .range((
+                        std::ops::Bound::Excluded((from.as_str(), u64::MAX)),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .map_err(storage)?
+                    .next();
+                let Some(item) = next else { break };
+                let doc = item.map_err(storage)?.0.value().0.to_owned();
+                from = doc.clone();
+                out.push(doc);
+            }
+            Ok(out)
         })
         .await
     }

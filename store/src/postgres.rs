@@ -359,6 +359,25 @@ impl Store for PostgresStore {
             .find(|r| r.client == client && r.cseq == cseq))
     }
 
+    async fn documents(&self, after: &str, limit: usize) -> Result<Vec<String>> {
+        let c = self.client().await?;
+        // A skip scan over the (doc, seq) key: one index probe a document.
+        let rows = c
+            .query(
+                "WITH RECURSIVE d(doc, n) AS (
+                     (SELECT doc, 1 FROM quire_history WHERE doc > $1 ORDER BY doc LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT h.doc FROM quire_history h WHERE h.doc > d.doc ORDER BY h.doc LIMIT 1), n + 1
+                     FROM d WHERE d.doc IS NOT NULL AND n < $2
+                 )
+                 SELECT doc FROM d WHERE doc IS NOT NULL",
+                &[&after, &(limit as i64)],
+            )
+            .await
+            .map_err(storage)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     async fn ping(&self) -> Result<()> {
         tokio::time::timeout(POOL_TIMEOUT, async {
             let c = self.client().await?;

@@ -81,6 +81,7 @@ async fn postgres_store_conforms() {
         seq: 9,
         text: "é".repeat(5000),
         clients: vec![],
+        hash: None,
     };
     small.put_snapshot(&snap).await.unwrap();
     assert_eq!(

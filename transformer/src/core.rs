@@ -1,6 +1,6 @@
 use document::{Dedup, DocState, WindowPolicy};
 use ot::Side;
-use protocol::{AppliedRecord, ErrorCode, RawRecord, RejectedRecord, RECORD_VERSION};
+use protocol::{AppliedRecord, ErrorCode, RawRecord, RejectedRecord, APPLIED_VERSION};
 
 #[derive(Debug, Clone, Copy)]
 pub struct CoreConfig {
@@ -39,7 +39,7 @@ pub enum Outcome {
 pub fn process(state: &mut DocState, raw: &RawRecord, seq: u64, cfg: &CoreConfig) -> Outcome {
     let reject = |code: ErrorCode, message: String| {
         Outcome::Rejected(RejectedRecord {
-            v: RECORD_VERSION,
+            v: APPLIED_VERSION,
             doc: raw.doc.clone(),
             seq,
             client: raw.client.clone(),
@@ -136,8 +136,8 @@ pub fn process(state: &mut DocState, raw: &RawRecord, seq: u64, cfg: &CoreConfig
         // refusal is the safe answer, never a panic.
         Err(e) => return reject(ErrorCode::InvalidOp, e.to_string()),
     };
-    let rec = AppliedRecord {
-        v: RECORD_VERSION,
+    let mut rec = AppliedRecord {
+        v: APPLIED_VERSION,
         doc: raw.doc.clone(),
         seq,
         prev: state.version,
@@ -148,7 +148,9 @@ pub fn process(state: &mut DocState, raw: &RawRecord, seq: u64, cfg: &CoreConfig
         ts: state.stamp(raw.ts),
         op,
         del,
+        hash: None,
     };
+    rec.hash = Some(protocol::chain::to_hex(&state.next_hash(&rec)));
     if let Some(size) = oversized(&rec, cfg.max_record_bytes) {
         // Undo: nothing changes for a refused op.
         let undo = ot::invert(&rec.op, &rec.del).expect("the deleted text came from this op");

@@ -330,6 +330,7 @@ async fn store_bench(name: &str, s: &dyn Store, docs: usize, records: usize, bat
             seq: i + 1,
             text: text.clone(),
             clients: vec![],
+            hash: None,
         };
         s.put_snapshot(&snap).await.expect("put_snapshot");
         let back = s

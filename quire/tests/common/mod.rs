@@ -80,6 +80,11 @@ impl Server {
         self.addr = addr;
     }
 
+    /// The flags it was started with (broker and topics included).
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
     pub fn ws(&self) -> String {
         format!("ws://{}", self.addr)
     }
