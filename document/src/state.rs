@@ -103,7 +103,7 @@ pub struct DocState {
     pub since_snapshot: u64,
     /// Net code-point change of each window op, for lengths at old versions.
     deltas: VecDeque<i64>,
-    /// The hash chain at `version` (RECORDS.md): the last record's `hash`.
+    /// The hash chain at `version` (docs/records.md): the last record's `hash`.
     pub chain: ChainHash,
 }
 

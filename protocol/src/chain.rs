@@ -1,4 +1,4 @@
-//! The tamper-evident chain of a document's applied records (RECORDS.md).
+//! The tamper-evident chain of a document's applied records (docs/records.md).
 //!
 //! Each applied record of version 2 carries `hash`: SHA-256 over a domain
 //! tag, the previous applied record's hash of the same document (32 zero

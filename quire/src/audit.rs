@@ -3,7 +3,7 @@
 //!
 //! For every document it verifies that each record follows the previous one
 //! (`prev` is the version before it), that its `hash` continues the chain
-//! (RECORDS.md: an edited, dropped, inserted or reordered record breaks it),
+//! (docs/records.md: an edited, dropped, inserted or reordered record breaks it),
 //! that its op applies and removes exactly the `del` it states, that `ts`
 //! never goes back, that a record written twice (two transformers during a
 //! rebalance) is the same both times, that the stored snapshots hold the

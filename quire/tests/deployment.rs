@@ -205,6 +205,9 @@ async fn two_gateways_two_transformers_and_a_compactor_survive_kill_9() {
                     (&state["seq"], &state["text"]),
                     "{doc}: kafka-python's reading of the applied topic"
                 );
+                // And it verified every record's hash with its own code.
+                assert_eq!(line["verified"], line["ops"], "{doc}: {line}");
+                assert!(line["ops"].as_u64().unwrap() > 0, "{line}");
             }
         }
     }

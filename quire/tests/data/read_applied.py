@@ -1,9 +1,12 @@
 """Reads a Quire deployment's applied topic with an independent Kafka client
 (kafka-python, not librdkafka), as an analytics or audit job would, and
-prints one JSON line per document: its ops in order and the text they build.
+prints one JSON line per document: its ops in order, the text they build,
+and how many records' hashes it verified (the chain of docs/records.md,
+computed here independently of Quire's code).
 
 usage: read_applied.py BROKER TOPIC
 """
+import hashlib
 import json
 import sys
 
@@ -26,6 +29,17 @@ def apply(text, op):
     return "".join(out)
 
 
+DOMAIN = b"quire-applied-chain-v1\n"
+
+
+def chain_hash(prev, rec):
+    # docs/records.md: SHA-256 over the domain tag, the previous record's
+    # hash (32 zero bytes before the first) and the canonical content.
+    fields = ["doc", "seq", "prev", "client", "cseq", "base", "user", "ts", "op", "del"]
+    canonical = json.dumps([rec[f] for f in fields], separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(DOMAIN + prev + canonical.encode("utf-8")).digest()
+
+
 def main():
     broker, topic = sys.argv[1], sys.argv[2]
     consumer = KafkaConsumer(
@@ -44,15 +58,20 @@ def main():
         if rec.get("kind") != "applied":
             continue
         assert rec["doc"] == doc, (rec["doc"], doc)
-        d = docs.setdefault(doc, {"seq": 0, "text": "", "ops": 0})
+        d = docs.setdefault(doc, {"seq": 0, "text": "", "ops": 0, "chain": bytes(32), "verified": 0})
         if rec["seq"] <= d["seq"]:
             continue  # an answer written twice by overlapping transformers
         assert rec["prev"] == d["seq"], f"{doc}: gap before {rec['seq']}"
+        d["chain"] = chain_hash(d["chain"], rec)
+        if rec["v"] >= 2:
+            assert rec["hash"] == d["chain"].hex(), f"{doc}: the chain breaks at {rec['seq']}"
+            d["verified"] += 1
         d["text"] = apply(d["text"], rec["op"])
         d["seq"] = rec["seq"]
         d["ops"] += 1
     for doc, d in sorted(docs.items()):
-        print(json.dumps({"doc": doc, "seq": d["seq"], "ops": d["ops"], "text": d["text"]}))
+        print(json.dumps({"doc": doc, "seq": d["seq"], "ops": d["ops"], "text": d["text"],
+                          "verified": d["verified"]}))
 
 
 if __name__ == "__main__":
