@@ -90,6 +90,8 @@ impl Hub {
         self.subs.retain_mut(|s| match s.tx.try_send(f.clone()) {
             Ok(()) => {
                 metrics.delivered.inc();
+                let queued = s.tx.max_capacity() - s.tx.capacity();
+                metrics.queue_depth.observe(queued as f64);
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {

@@ -9,6 +9,8 @@ pub struct Metrics {
     pub(crate) docs: IntGauge,
     /// Ingest's stamp to fanout's delivery: the pipeline's latency.
     pub(crate) lag: Histogram,
+    /// Frames waiting in a subscriber's queue, seen at each delivery.
+    pub(crate) queue_depth: Histogram,
 }
 impl Metrics {
     pub fn new(registry: &Registry) -> Metrics {
@@ -34,6 +36,17 @@ impl Metrics {
             ]),
         )
         .unwrap();
+        let queue_depth = Histogram::with_opts(
+            HistogramOpts::new(
+                "quire_fanout_queue_depth",
+                "Frames queued to a subscriber, after each delivery to it (the queue is --subscriber-queue long)",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ]),
+        )
+        .unwrap();
+        let _ = registry.register(Box::new(queue_depth.clone()));
         let _ = registry.register(Box::new(lag.clone()));
         let _ = registry.register(Box::new(subscribers.clone()));
         let _ = registry.register(Box::new(delivered.clone()));
@@ -45,6 +58,7 @@ impl Metrics {
             overloaded,
             docs,
             lag,
+            queue_depth,
         }
     }
 }

@@ -38,6 +38,11 @@ impl Metrics {
             &["code"],
         )
         .unwrap();
+        // Every code's series exists from the start (at 0), so a rate over
+        // it is defined before the first error.
+        for code in ErrorCode::ALL {
+            errors.with_label_values(&[code.as_str()]);
+        }
         let connections =
             IntGauge::new("quire_ingest_connections", "Open WebSocket connections").unwrap();
         let _ = registry.register(Box::new(produced.clone()));

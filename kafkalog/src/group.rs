@@ -129,6 +129,8 @@ impl Member {
         metrics: KafkaMetrics,
     ) -> Result<(Member, mpsc::Receiver<GroupEvent>, Leave), LogError> {
         let (tx, rx) = mpsc::channel(16);
+        // The group's series exists from the join on (at 0).
+        metrics.rebalances.with_label_values(&[group]);
         let context = GroupContext {
             group: group.to_owned(),
             events: std::sync::Mutex::new(Some(tx)),

@@ -620,6 +620,8 @@ where
 {
     let mut failures = 0u32;
     let mut backoff = sup.policy.backoff;
+    // The series exists from the start (0), so dashboards see every role.
+    sup.restarts.with_label_values(&[role]);
     loop {
         let began = tokio::time::Instant::now();
         let run = tokio::spawn(start(sup.shutdown.child_token()));

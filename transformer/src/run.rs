@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use document::{load, DocCache, DocState, LoadError, Sources, Topics};
 use oplog::{LogError, Offset, OpLog, Partition};
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use protocol::{decode_out_record, decode_raw_record, OutRecord};
 use store::Store;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +58,8 @@ pub struct Metrics {
     rejected: IntCounterVec,
     duplicates: IntCounter,
     undecodable: IntCounter,
+    /// Ingest's stamp to the applied record being durable.
+    latency: Histogram,
 }
 
 impl Metrics {
@@ -82,15 +84,27 @@ impl Metrics {
             "Raw records that could not be read and were skipped",
         )
         .unwrap();
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "quire_transformer_latency_seconds",
+                "From ingest stamping an op to its applied record being durable",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0,
+            ]),
+        )
+        .unwrap();
         for c in [&applied, &duplicates, &undecodable] {
             let _ = registry.register(Box::new(c.clone()));
         }
         let _ = registry.register(Box::new(rejected.clone()));
+        let _ = registry.register(Box::new(latency.clone()));
         Metrics {
             applied,
             rejected,
             duplicates,
             undecodable,
+            latency,
         }
     }
 }
@@ -216,6 +230,7 @@ impl PartitionWorker {
             // they must stay cached until the batch is produced.
             let mut touched = HashSet::new();
             let mut out = Vec::with_capacity(batch.len());
+            let mut stamps = Vec::with_capacity(batch.len());
             let next = batch.last().map_or(pos, |r| r.offset + 1);
             for rec in batch {
                 let raw = match decode_raw_record(&rec.value) {
@@ -250,6 +265,7 @@ impl PartitionWorker {
                 match process(state, &raw, rec.offset + 1, &self.config.core) {
                     Outcome::Applied(a) => {
                         self.metrics.applied.inc();
+                        stamps.push(raw.ts);
                         out.push((a.doc.clone(), OutRecord::Applied(a).encode()));
                     }
                     Outcome::Rejected(r) => {
@@ -267,6 +283,13 @@ impl PartitionWorker {
                     // Whether or not it landed, the restarted role decides
                     // from the applied topic itself (with fresh documents).
                     return Err(e.into());
+                }
+                let now = protocol::now_ms();
+                for ts in stamps {
+                    // Other hosts' clocks may be ahead: never a negative.
+                    self.metrics
+                        .latency
+                        .observe((now - ts).max(0) as f64 / 1000.0);
                 }
             }
             self.log

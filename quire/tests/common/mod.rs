@@ -15,6 +15,7 @@ pub struct Server {
     /// `serve`, or a role: `gateway`, `transformer`, `compactor`.
     cmd: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -49,6 +50,7 @@ impl Server {
             data: data.to_owned(),
             cmd: "serve".into(),
             args,
+            env,
             _tmp: None,
         }
     }
@@ -63,6 +65,26 @@ impl Server {
             data: data.to_owned(),
             cmd: cmd.into(),
             args: args.to_vec(),
+            env: vec![],
+            _tmp: None,
+        }
+    }
+
+    /// Like [`Server::role`], with extra environment (kept across restarts).
+    pub fn role_with_env(
+        cmd: &str,
+        data: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Server {
+        let (child, addr) = launch(cmd, data, args, env);
+        Server {
+            child,
+            addr,
+            data: data.to_owned(),
+            cmd: cmd.into(),
+            args: args.to_vec(),
+            env: env.to_vec(),
             _tmp: None,
         }
     }
@@ -75,7 +97,7 @@ impl Server {
 
     /// A new process with the same command, folder and flags.
     pub fn restart(&mut self) {
-        let (child, addr) = launch(&self.cmd, &self.data, &self.args, &[]);
+        let (child, addr) = launch(&self.cmd, &self.data, &self.args, &self.env);
         self.child = child;
         self.addr = addr;
     }
