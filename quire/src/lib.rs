@@ -2,6 +2,7 @@
 
 pub mod audit;
 mod feed;
+pub mod transfer;
 
 pub use feed::LocalFeed;
 
