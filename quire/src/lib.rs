@@ -96,6 +96,8 @@ pub struct ServeConfig {
     pub insecure: bool,
     /// PostgreSQL for history and snapshots instead of the embedded store.
     pub postgres: Option<String>,
+    /// ScyllaDB (or Cassandra) for history and snapshots.
+    pub scylla: Option<ScyllaSettings>,
     pub partitions: u32,
     pub topic_prefix: String,
     pub limits: Limits,
@@ -111,6 +113,16 @@ pub struct ServeConfig {
     /// How a role that keeps failing is restarted, and when the process
     /// gives up on it.
     pub restarts: RestartPolicy,
+}
+
+/// Where the ScyllaDB store lives.
+#[derive(Debug, Clone)]
+pub struct ScyllaSettings {
+    /// `host:port[,host:port…]`
+    pub nodes: String,
+    pub keyspace: String,
+    /// Of the keyspace, when Quire creates it (NetworkTopologyStrategy).
+    pub replication_factor: u32,
 }
 
 /// Crash-only roles: a role whose loop fails is restarted after `backoff`
@@ -147,14 +159,17 @@ impl ServeConfig {
                      To run every role in one process on the embedded log, use `quire serve`"
                 );
             }
-            if self.postgres.is_none() {
+            if self.postgres.is_none() && self.scylla.is_none() {
                 bail!(
                     "`quire {role}` runs one role beside others, which must share its store: \
-                     pass --postgres URL (the embedded store under --data is this process's alone, \
+                     pass --scylla HOST:PORT or --postgres URL (the embedded store under --data is this process's alone, \
                      and other processes would never see the snapshots and history it holds). \
                      To run every role in one process on the embedded store, use `quire serve`"
                 );
             }
+        }
+        if self.postgres.is_some() && self.scylla.is_some() {
+            bail!("--postgres and --scylla both name a store: give one");
         }
         if let Some(k) = &self.kafka {
             if k.brokers.trim().is_empty() {
@@ -248,9 +263,15 @@ pub async fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
     };
     // Snapshot rows stay under the record limit too.
     let chunk = store::SNAPSHOT_CHUNK.min(config.limits.max_record_bytes / 2);
-    let store: Arc<dyn Store> = match &config.postgres {
-        Some(url) => Arc::new(connect_postgres(url).await?.with_snapshot_chunk(chunk)),
-        None => Arc::new(
+    let store: Arc<dyn Store> = match (&config.postgres, &config.scylla) {
+        (_, Some(s)) => Arc::new(
+            store::ScyllaStore::connect(&s.nodes, &s.keyspace, s.replication_factor)
+                .await
+                .with_context(|| format!("connecting to ScyllaDB (--scylla {})", s.nodes))?
+                .with_snapshot_chunk(chunk),
+        ),
+        (Some(url), None) => Arc::new(connect_postgres(url).await?.with_snapshot_chunk(chunk)),
+        (None, None) => Arc::new(
             EmbeddedStore::open(&config.data.join("store"))
                 .with_context(|| {
                     format!("opening the embedded store under {}", config.data.display())

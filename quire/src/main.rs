@@ -133,9 +133,18 @@ struct ServeArgs {
     /// every hop of an op, so the default is short.
     #[arg(long, env = "QUIRE_KAFKA_FETCH_WAIT_MS", default_value_t = 10)]
     kafka_fetch_wait_ms: u64,
-    /// ScyllaDB nodes. Not available in this build yet: giving it is an error.
+    /// ScyllaDB (or Cassandra) nodes (`host:port[,host:port…]`) for history
+    /// and snapshots instead of the embedded store. The keyspace and tables
+    /// are created if absent; reads and writes are LOCAL_QUORUM.
     #[arg(long, env = "QUIRE_SCYLLA")]
     scylla: Option<String>,
+    /// Keyspace of the ScyllaDB store.
+    #[arg(long, env = "QUIRE_SCYLLA_KEYSPACE", default_value = "quire")]
+    scylla_keyspace: String,
+    /// Replication factor of the keyspace when Quire creates it
+    /// (NetworkTopologyStrategy).
+    #[arg(long, env = "QUIRE_SCYLLA_REPLICATION", default_value_t = 1)]
+    scylla_replication: u32,
     /// PostgreSQL for history and snapshots instead of the embedded store:
     /// a `postgres://user@host:port/db` URL or `host=… port=… user=… dbname=…`.
     #[arg(long, env = "QUIRE_POSTGRES", hide_env_values = true)]
@@ -211,11 +220,6 @@ struct ServeArgs {
 
 impl ServeArgs {
     fn into_config(self, roles: quire::Roles) -> anyhow::Result<ServeConfig> {
-        if self.scylla.is_some() {
-            anyhow::bail!(
-                "--scylla is not available in this build yet; use --postgres, or the embedded store with `quire serve`"
-            );
-        }
         let limits = Limits {
             max_frame_bytes: self.max_frame_bytes,
             max_insert_bytes: self.max_insert_bytes,
@@ -247,6 +251,13 @@ impl ServeArgs {
             jwt_secret: self.jwt_secret.filter(|s| !s.is_empty()),
             insecure: self.insecure,
             postgres: self.postgres.filter(|s| !s.is_empty()),
+            scylla: self.scylla.filter(|s| !s.trim().is_empty()).map(|nodes| {
+                quire::ScyllaSettings {
+                    nodes,
+                    keyspace: self.scylla_keyspace,
+                    replication_factor: self.scylla_replication,
+                }
+            }),
             partitions: self.partitions,
             topic_prefix: self.topic_prefix,
             limits,

@@ -4,7 +4,7 @@
 //! Kafka-protocol broker, so the stack's wiring cannot drift from the code.
 //! What must differ on this machine is replaced, and only that: the broker
 //! address, replication 1 (one broker), DeleteRecords off and a short fetch
-//! wait (tansu), PostgreSQL for ScyllaDB (no CQL server runs here), a topic
+//! wait (tansu), PostgreSQL for ScyllaDB (no CQL server can run here), a topic
 //! prefix of the test's own, and the listen address and data folder.
 //! Through them: editors converge across both gateways, move to the other
 //! gateway when theirs dies, and a `kill -9` of a transformer and a gateway

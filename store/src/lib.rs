@@ -8,9 +8,11 @@
 pub mod conformance;
 mod intercept;
 mod postgres;
+pub mod scylla;
 
 pub use intercept::{Call, Intercept, Intercepted};
 pub use postgres::PostgresStore;
+pub use scylla::ScyllaStore;
 
 use std::path::Path;
 use std::sync::Arc;

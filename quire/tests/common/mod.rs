@@ -428,6 +428,7 @@ pub fn serve_config(data: &std::path::Path, max_restarts: u32) -> quire::ServeCo
         jwt_secret: None,
         insecure: false,
         postgres: None,
+        scylla: None,
         partitions: 2,
         topic_prefix: "quire.".into(),
         limits: protocol::Limits::default(),
