@@ -237,13 +237,15 @@ impl DocState {
 
     /// Records an op whose effect is already in `text` (the transformer
     /// applies it itself to learn the deleted text). The chain takes the
-    /// record's `hash` (checking it is `quire audit`'s job), or computes it
-    /// for a version-1 record.
+    /// record's `hash` (checking it is `quire audit`'s job); a version-1
+    /// record, which has none, resets it to [`chain::GENESIS`] (so does a
+    /// snapshot from before the chain), whichever way the state was built.
     pub fn push_applied(&mut self, r: AppliedRecord) {
-        self.chain = match r.hash.as_deref().and_then(chain::from_hex) {
-            Some(h) => h,
-            None => self.next_hash(&r),
-        };
+        self.chain = r
+            .hash
+            .as_deref()
+            .and_then(chain::from_hex)
+            .unwrap_or(chain::GENESIS);
         self.version = r.seq;
         self.clock = self.clock.max(r.ts);
         self.since_snapshot += 1;

@@ -55,6 +55,24 @@ struct Inner {
     /// it, so sequences reach the writer in order while many batches wait
     /// for the same group commit.
     producer: Mutex<ProducerState>,
+    /// The writer thread, joined when the last handle goes: the database
+    /// file is free again once `EmbeddedLog` is dropped (a reopen, a tool
+    /// run after the server, a test).
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer after its current commit.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(h) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            // The writer itself may hold the last handle for a moment.
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
 }
 
 struct ProducerState {
@@ -161,12 +179,14 @@ impl EmbeddedLog {
                 epoch: 0,
                 next: HashMap::new(),
             }),
+            writer: std::sync::Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("quire-log-writer".into())
             .spawn(move || writer(db, rx, next_offsets, weak))
             .map_err(storage)?;
+        *inner.writer.lock().expect("not poisoned") = Some(handle);
         Ok(EmbeddedLog { inner })
     }
 

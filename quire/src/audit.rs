@@ -126,8 +126,6 @@ impl AuditReport {
 }
 
 const PAGE: usize = 1000;
-/// Records remembered per document to compare a second answer with.
-const RECENT: usize = 1024;
 
 /// The state of one document's check.
 struct DocCheck {
@@ -137,15 +135,21 @@ struct DocCheck {
     text: Rope,
     chain: ChainHash,
     last_ts: i64,
-    recent: VecDeque<(u64, ChainHash)>,
-    /// Log mode: every record's hash, for the comparison with the archive.
-    seen: BTreeMap<u64, ChainHash>,
+    /// A hashed record (or snapshot) was seen: from then on every record
+    /// must carry its hash.
+    hashed: bool,
+    /// At every version checked (and the anchor): the chain, and a digest
+    /// of the record's content (zeros at the anchor), for records written
+    /// twice and the comparison with the archive.
+    seen: BTreeMap<u64, (ChainHash, ChainHash)>,
+    /// Records before this seq only build the state.
+    from: u64,
     /// Stored snapshots not yet reached, oldest first.
     snapshots: VecDeque<Snapshot>,
 }
 
 impl DocCheck {
-    fn new(doc: &str) -> DocCheck {
+    fn new(doc: &str, from: u64) -> DocCheck {
         DocCheck {
             report: DocReport {
                 doc: doc.to_owned(),
@@ -169,8 +173,9 @@ impl DocCheck {
             text: Rope::new(),
             chain: chain::GENESIS,
             last_ts: i64::MIN,
-            recent: VecDeque::new(),
+            hashed: false,
             seen: BTreeMap::new(),
+            from,
             snapshots: VecDeque::new(),
         }
     }
@@ -209,6 +214,7 @@ impl DocCheck {
         self.started = true;
         if first.prev == 0 {
             self.report.anchor = "genesis".into();
+            self.seen.insert(0, (chain::GENESIS, chain::GENESIS));
             self.snapshots = snaps.into_iter().collect();
             return Ok(());
         }
@@ -219,15 +225,14 @@ impl DocCheck {
             Some(s) => {
                 self.version = s.seq;
                 self.text = Rope::from_str(&s.text);
-                self.chain = s
-                    .hash
-                    .as_deref()
-                    .and_then(chain::from_hex)
-                    .unwrap_or(chain::GENESIS);
+                let stated = s.hash.as_deref().and_then(chain::from_hex);
+                self.hashed = stated.is_some();
+                self.chain = stated.unwrap_or(chain::GENESIS);
                 format!("snapshot {}", s.seq)
             }
             None => "genesis".to_owned(),
         };
+        self.seen.insert(self.version, (self.chain, chain::GENESIS));
         let mut n = 0;
         while self.version < first.prev && !self.failed() {
             let page = store.history(&doc, self.version, PAGE).await?;
@@ -235,7 +240,8 @@ impl DocCheck {
                 break;
             }
             for r in page.iter().take_while(|r| r.seq <= first.prev) {
-                self.check(r, true, false);
+                // The archived records before the log's are checked too.
+                self.check(r, r.seq < self.from);
                 n += 1;
             }
             if page.iter().any(|r| r.seq > first.prev) {
@@ -264,33 +270,39 @@ impl DocCheck {
         Ok(())
     }
 
-    /// Checks one record. `trusted`: before `from`, only builds the state.
-    /// `keep`: remember its hash for the archive comparison.
-    fn check(&mut self, r: &AppliedRecord, trusted: bool, keep: bool) {
+    /// Checks one record. `trusted`: before `from`, it only builds the state
+    /// (its stated hash is taken as the chain).
+    fn check(&mut self, r: &AppliedRecord, trusted: bool) {
         if self.failed() {
             return;
         }
-        // A second answer (overlapping transformers): identical, or wrong.
+        // A second answer (overlapping transformers): the same content, or
+        // wrong. Its own hash over the chain before it must be the chain at
+        // its seq.
         if r.seq <= self.version && self.started {
-            let stated = r.hash.as_deref().and_then(chain::from_hex);
-            match self.recent.iter().find(|(s, _)| *s == r.seq) {
-                Some((_, h)) if stated.is_none() || stated == Some(*h) => {
-                    self.report.duplicates += 1;
-                }
-                Some(_) => self.fail(Violation::at(
-                    r.seq,
-                    "the record is written twice with different content",
-                )),
-                None if r.seq == self.version || self.seen.contains_key(&r.seq) => {
-                    self.report.duplicates += 1;
-                }
-                None => self.fail(Violation::at(
+            let Some((at, digest)) = self.seen.get(&r.seq).copied() else {
+                return self.fail(Violation::at(
                     r.seq,
                     format!(
                         "record {} comes after version {}: out of order",
                         r.seq, self.version
                     ),
-                )),
+                ));
+            };
+            let stated_ok = match r.hash.as_deref() {
+                Some(h) => chain::from_hex(h) == Some(at),
+                None => r.v == 1 && at == chain::GENESIS,
+            };
+            let content_ok =
+                digest == chain::GENESIS || chain::chain_hash(&chain::GENESIS, r) == digest;
+            let same = stated_ok && content_ok;
+            if same {
+                self.report.duplicates += 1;
+            } else {
+                self.fail(Violation::at(
+                    r.seq,
+                    "the record is written twice with different content",
+                ));
             }
             return;
         }
@@ -303,9 +315,20 @@ impl DocCheck {
                 ),
             ));
         }
-        let expected = chain::chain_hash(&self.chain, r);
+        let stated = r.hash.as_deref().map(chain::from_hex);
+        // A version-1 record has no hash and restarts the chain.
+        let expected = match r.hash {
+            Some(_) => chain::chain_hash(&self.chain, r),
+            None => chain::GENESIS,
+        };
         if !trusted {
-            match (r.v, r.hash.as_deref()) {
+            match (r.v, stated) {
+                (1, None) if self.hashed => {
+                    return self.fail(Violation::at(
+                        r.seq,
+                        "a record without a hash after hashed ones: it was rewritten as version 1",
+                    ))
+                }
                 (1, None) => {}
                 (_, None) => {
                     return self.fail(Violation::at(
@@ -313,7 +336,7 @@ impl DocCheck {
                         format!("a version-{} record without its hash", r.v),
                     ))
                 }
-                (_, Some(h)) if chain::from_hex(h) != Some(expected) => {
+                (_, Some(h)) if h != Some(expected) => {
                     return self.fail(Violation::at(
                         r.seq,
                         "the hash does not continue the chain: this record was altered, or one before it was altered, dropped or reordered",
@@ -340,21 +363,16 @@ impl DocCheck {
             }
             Ok(_) => {}
         }
-        // Trusted records keep their stated chain (it is verified from
-        // `from` on against it).
-        self.chain = match (trusted, r.hash.as_deref().and_then(chain::from_hex)) {
+        // A trusted record's stated hash is the chain from then on.
+        self.chain = match (trusted, stated.flatten()) {
             (true, Some(h)) => h,
             _ => expected,
         };
+        self.hashed |= r.hash.is_some();
         self.version = r.seq;
         self.last_ts = self.last_ts.max(r.ts);
-        self.recent.push_back((r.seq, self.chain));
-        if self.recent.len() > RECENT {
-            self.recent.pop_front();
-        }
-        if keep {
-            self.seen.insert(r.seq, self.chain);
-        }
+        self.seen
+            .insert(r.seq, (self.chain, chain::chain_hash(&chain::GENESIS, r)));
         if !trusted {
             let rep = &mut self.report;
             rep.records += 1;
@@ -425,14 +443,14 @@ impl DocCheck {
                 if r.seq < from {
                     continue;
                 }
-                // The archived record's own content, chained from the log's
-                // record before it, must give the log's hash.
-                let got = match self.seen.get(&r.prev) {
-                    Some(before) => Some(chain::chain_hash(before, r)),
-                    None => r.hash.as_deref().and_then(chain::from_hex),
-                };
+                // The archived record's content must be the log's.
                 match self.seen.get(&r.seq) {
-                    Some(h) if got.is_none_or(|g| g == *h) => self.report.archived_checked += 1,
+                    Some((_, digest))
+                        if *digest == chain::GENESIS
+                            || chain::chain_hash(&chain::GENESIS, r) == *digest =>
+                    {
+                        self.report.archived_checked += 1
+                    }
                     Some(_) => self.fail(Violation::at(
                         r.seq,
                         "the archived record differs from the log's",
@@ -478,6 +496,46 @@ impl Progress {
     }
 }
 
+/// Walks `doc`'s archived history in the store (store mode, and in log
+/// mode for documents the log no longer holds).
+async fn walk_store(
+    check: &mut DocCheck,
+    store: &dyn Store,
+    total: &mut u64,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    let doc = check.report.doc.clone();
+    let mut after = 0;
+    loop {
+        let page = store.history(&doc, after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for a in &page {
+            *total += 1;
+            if !check.started {
+                check.anchor(store, a).await?;
+            }
+            let trusted = a.seq < check.from;
+            check.check(a, trusted);
+        }
+        progress.tick(|| format!("{total} records, document {doc}"));
+    }
+    Ok(())
+}
+
+/// Every document id the store knows.
+async fn all_documents(store: &dyn Store) -> anyhow::Result<Vec<String>> {
+    let mut all: Vec<String> = Vec::new();
+    loop {
+        let after = all.last().cloned().unwrap_or_default();
+        let page = store.documents(&after, PAGE).await?;
+        if page.is_empty() {
+            return Ok(all);
+        }
+        all.extend(page);
+    }
+}
+
 /// Runs the audit.
 pub async fn audit(
     log: &dyn OpLog,
@@ -485,112 +543,122 @@ pub async fn audit(
     topics: &Topics,
     opts: &AuditOptions,
 ) -> anyhow::Result<AuditReport> {
+    if opts.raw && opts.source == AuditSource::Store {
+        anyhow::bail!(
+            "--raw checks the ops topic against the applied topic's decisions (refusals are not archived): use it with --source log"
+        );
+    }
     let mut progress = Progress::new(opts.progress);
     let mut report = AuditReport::default();
     let mut docs: BTreeMap<String, DocCheck> = BTreeMap::new();
-    // (doc, seq) of every decided raw op, for --raw.
+    // Every decision the applied topic holds, by (doc, raw seq), for --raw.
     let mut decided: HashMap<(String, u64), Decision> = HashMap::new();
+    // Per partition, the lowest raw seq the applied topic still decides:
+    // below it, decisions may have been truncated.
+    let mut first_decided: HashMap<u32, u64> = HashMap::new();
     let mut total = 0u64;
-    match opts.source {
-        AuditSource::Log => {
-            let parts = log.partitions(&topics.applied)?;
-            for p in 0..parts {
-                let hw = log.high_watermark(&topics.applied, p).await?;
-                let mut pos = log.log_start(&topics.applied, p).await?;
-                while pos < hw {
-                    let batch = log
-                        .fetch(&topics.applied, p, pos, PAGE, Duration::ZERO)
-                        .await?;
-                    let Some(last) = batch.last() else { break };
-                    pos = last.offset + 1;
-                    for rec in batch {
-                        total += 1;
-                        let out = match decode_out_record(&rec.value) {
-                            Ok(o) => o,
-                            Err(e) => {
-                                report.global.push(Violation {
-                                    seq: None,
-                                    partition: Some(p),
-                                    offset: Some(rec.offset),
-                                    reason: format!("unreadable record: {}", e.message),
-                                });
-                                continue;
-                            }
-                        };
-                        if opts.doc.as_deref().is_some_and(|d| d != out.doc()) {
+    if opts.source == AuditSource::Log {
+        let parts = log.partitions(&topics.applied)?;
+        for p in 0..parts {
+            let hw = log.high_watermark(&topics.applied, p).await?;
+            let mut pos = log.log_start(&topics.applied, p).await?;
+            while pos < hw {
+                let batch = log
+                    .fetch(&topics.applied, p, pos, PAGE, Duration::ZERO)
+                    .await?;
+                let Some(last) = batch.last() else { break };
+                pos = last.offset + 1;
+                for rec in batch {
+                    total += 1;
+                    let out = match decode_out_record(&rec.value) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            report.global.push(Violation {
+                                seq: None,
+                                partition: Some(p),
+                                offset: Some(rec.offset),
+                                reason: format!("unreadable record: {}", e.message),
+                            });
                             continue;
                         }
-                        if opts.raw {
-                            decided
-                                .insert((out.doc().to_owned(), out.raw_seq()), Decision::of(&out));
-                        }
-                        let OutRecord::Applied(a) = out else { continue };
-                        let check = docs
-                            .entry(a.doc.clone())
-                            .or_insert_with(|| DocCheck::new(&a.doc));
-                        if !check.started {
-                            check.anchor(store, &a).await?;
-                        }
-                        check.check(&a, a.seq < opts.from, true);
+                    };
+                    first_decided
+                        .entry(p)
+                        .and_modify(|f| *f = (*f).min(out.raw_seq()))
+                        .or_insert(out.raw_seq());
+                    if opts.doc.as_deref().is_some_and(|d| d != out.doc()) {
+                        continue;
                     }
-                    progress.tick(|| {
-                        format!(
-                            "{total} records, {} documents, partition {}/{parts}",
-                            docs.len(),
-                            p + 1
-                        )
-                    });
-                }
-            }
-            for check in docs.values_mut() {
-                check.compare_archive(store, opts.from).await?;
-            }
-        }
-        AuditSource::Store => {
-            let names = match &opts.doc {
-                Some(d) => vec![d.clone()],
-                None => {
-                    let mut all: Vec<String> = Vec::new();
-                    loop {
-                        let after = all.last().cloned().unwrap_or_default();
-                        let page = store.documents(&after, PAGE).await?;
-                        if page.is_empty() {
-                            break;
-                        }
-                        all.extend(page);
-                    }
-                    all
-                }
-            };
-            for doc in names {
-                let mut check = DocCheck::new(&doc);
-                let mut after = 0;
-                loop {
-                    let page = store.history(&doc, after, PAGE).await?;
-                    let Some(last) = page.last() else { break };
-                    after = last.seq;
-                    for a in &page {
-                        total += 1;
-                        if !check.started {
-                            check.anchor(store, a).await?;
-                        }
-                        check.check(a, a.seq < opts.from, false);
-                        if opts.raw {
-                            decided.insert((doc.clone(), a.seq), Decision::of_applied(a));
+                    if opts.raw {
+                        let d = Decision::of(&out);
+                        let key = (out.doc().to_owned(), out.raw_seq());
+                        match decided.get(&key) {
+                            Some(prior) if !prior.same(&d) => report.global.push(Violation {
+                                seq: Some(out.raw_seq()),
+                                partition: Some(p),
+                                offset: Some(rec.offset),
+                                reason: format!(
+                                    "{}: two different decisions for the raw op at this seq",
+                                    out.doc()
+                                ),
+                            }),
+                            _ => {
+                                decided.insert(key, d);
+                            }
                         }
                     }
-                    progress.tick(|| format!("{total} records, document {doc}"));
+                    let OutRecord::Applied(a) = out else { continue };
+                    let check = docs
+                        .entry(a.doc.clone())
+                        .or_insert_with(|| DocCheck::new(&a.doc, opts.from));
+                    if !check.started {
+                        check.anchor(store, &a).await?;
+                    }
+                    check.check(&a, a.seq < opts.from);
                 }
-                docs.insert(doc, check);
+                progress.tick(|| {
+                    format!(
+                        "{total} records, {} documents, partition {}/{parts}",
+                        docs.len(),
+                        p + 1
+                    )
+                });
             }
         }
+        for check in docs.values_mut() {
+            check.compare_archive(store, opts.from).await?;
+        }
+    }
+    // The store's documents: all of them in store mode; in log mode those
+    // whose records the log no longer holds.
+    let names = match &opts.doc {
+        Some(d) => vec![d.clone()],
+        None => all_documents(store).await?,
+    };
+    for doc in names {
+        if docs.contains_key(&doc) {
+            continue;
+        }
+        let mut check = DocCheck::new(&doc, opts.from);
+        walk_store(&mut check, store, &mut total, &mut progress).await?;
+        if !check.started {
+            check.fail(Violation {
+                seq: None,
+                partition: None,
+                offset: None,
+                reason: "no record of this document in the log or the store".into(),
+            });
+        }
+        docs.insert(doc, check);
     }
     if opts.raw {
         check_raw(
             log,
+            store,
             topics,
             opts,
             &decided,
+            &first_decided,
             &mut docs,
             &mut report,
             &mut progress,
@@ -615,7 +683,13 @@ struct Decision {
 impl Decision {
     fn of(out: &OutRecord) -> Decision {
         match out {
-            OutRecord::Applied(a) => Decision::of_applied(a),
+            OutRecord::Applied(a) => Decision {
+                applied: true,
+                client: a.client.clone(),
+                cseq: a.cseq,
+                base: a.base,
+                user: a.user.clone(),
+            },
             OutRecord::Rejected(r) => Decision {
                 applied: false,
                 client: r.client.clone(),
@@ -626,30 +700,32 @@ impl Decision {
         }
     }
 
-    fn of_applied(a: &AppliedRecord) -> Decision {
-        Decision {
-            applied: true,
-            client: a.client.clone(),
-            cseq: a.cseq,
-            base: a.base,
-            user: a.user.clone(),
-        }
+    fn same(&self, other: &Decision) -> bool {
+        self.applied == other.applied
+            && self.client == other.client
+            && self.cseq == other.cseq
+            && self.base == other.base
+            && self.user == other.user
     }
 }
 
-/// Every raw op below the transformer's progress is decided exactly once,
-/// and every applied record names the raw op at its seq.
+/// Every raw op is decided exactly once (applied, refused, or dropped as a
+/// resubmission of an applied op), and every decision names its raw op.
+/// Raw ops above the last decision of their partition may not have been
+/// processed yet; those below the first decision the applied topic still
+/// holds may have had theirs truncated: neither is judged.
+#[allow(clippy::too_many_arguments)]
 async fn check_raw(
     log: &dyn OpLog,
+    store: &dyn Store,
     topics: &Topics,
     opts: &AuditOptions,
     decided: &HashMap<(String, u64), Decision>,
+    first_decided: &HashMap<u32, u64>,
     docs: &mut BTreeMap<String, DocCheck>,
     report: &mut AuditReport,
     progress: &mut Progress,
 ) -> anyhow::Result<()> {
-    // The highest decided seq of each partition: raw ops above it may not
-    // have been processed yet.
     let parts = log.partitions(&topics.ops)?;
     // (doc, client, cseq) -> seq of its applied record.
     let applied_ids: HashMap<(&str, &str, u64), u64> = decided
@@ -672,11 +748,11 @@ async fn check_raw(
             records.extend(batch);
             progress.tick(|| format!("raw ops: partition {}/{parts}, offset {pos}", p + 1));
         }
-        // Decisions reach as far as the last raw op decided in this partition.
         let decoded: Vec<_> = records
             .iter()
             .map(|r| (r.offset, decode_raw_record(&r.value)))
             .collect();
+        // Decisions reach as far as the last raw op decided here.
         let horizon = decoded
             .iter()
             .filter_map(|(o, r)| {
@@ -687,6 +763,7 @@ async fn check_raw(
             })
             .max()
             .unwrap_or(0);
+        let floor = first_decided.get(&p).copied().unwrap_or(u64::MAX);
         for (offset, raw) in decoded {
             let seq = offset + 1;
             let raw = match raw {
@@ -705,43 +782,49 @@ async fn check_raw(
                 continue;
             }
             raw_seqs.entry(raw.doc.clone()).or_default().insert(seq);
-            let Some(check) = docs.get_mut(&raw.doc) else {
-                if seq <= horizon {
-                    report.global.push(Violation {
-                        seq: Some(seq),
-                        partition: Some(p),
-                        offset: Some(offset),
-                        reason: format!(
-                            "raw op of {} was never decided (no applied or refused record)",
-                            raw.doc
-                        ),
-                    });
-                }
-                continue;
-            };
-            match decided.get(&(raw.doc.clone(), seq)) {
-                Some(d) if d.client != raw.client || d.cseq != raw.cseq => {
-                    check.fail(Violation::at(
-                        seq,
-                        "the decision at this seq names another op than the raw op",
-                    ))
-                }
+            let verdict: Result<bool, Violation> = match decided.get(&(raw.doc.clone(), seq)) {
+                Some(d) if d.client != raw.client || d.cseq != raw.cseq => Err(Violation::at(
+                    seq,
+                    "the decision at this seq names another op than the raw op",
+                )),
                 Some(d) if d.applied && (d.base != raw.base || d.user != raw.user) => {
-                    check.fail(Violation::at(
+                    Err(Violation::at(
                         seq,
                         "the applied record's base or user differs from its raw op",
                     ))
                 }
-                Some(_) => check.report.raw_checked += 1,
-                None => match applied_ids.get(&(raw.doc.as_str(), raw.client.as_str(), raw.cseq)) {
-                    // A resubmission of an applied op: nothing is written.
-                    Some(first) if *first < seq => check.report.raw_checked += 1,
-                    _ if seq > horizon => {}
-                    _ => check.fail(Violation::at(
-                        seq,
-                        "the raw op was never decided (no applied or refused record)",
-                    )),
-                },
+                Some(_) => Ok(true),
+                None => {
+                    let first =
+                        match applied_ids.get(&(raw.doc.as_str(), raw.client.as_str(), raw.cseq)) {
+                            Some(s) => Some(*s),
+                            // Its first application may be archived only.
+                            None => store
+                                .find_op(&raw.doc, &raw.client, raw.cseq)
+                                .await?
+                                .map(|r| r.seq),
+                        };
+                    match first {
+                        // A resubmission of an applied op: nothing is written.
+                        Some(first) if first < seq => Ok(true),
+                        _ if seq > horizon || seq < floor => Ok(false),
+                        _ => Err(Violation::at(
+                            seq,
+                            "the raw op was never decided (no applied or refused record)",
+                        )),
+                    }
+                }
+            };
+            match (verdict, docs.get_mut(&raw.doc)) {
+                (Ok(true), Some(check)) => check.report.raw_checked += 1,
+                (Ok(_), _) => {}
+                (Err(v), Some(check)) => check.fail(v),
+                (Err(mut v), None) => {
+                    v.partition = Some(p);
+                    v.offset = Some(offset);
+                    v.reason = format!("{}: {}", raw.doc, v.reason);
+                    report.global.push(v);
+                }
             }
         }
     }

@@ -24,6 +24,22 @@ fn quire(args: &[&str], data: &Path, backend: &[String]) -> std::process::Output
         .unwrap()
 }
 
+/// `(client, user)` of each op of `doc`, oldest first.
+fn authors(s: &Server, doc: &str) -> Vec<(String, String)> {
+    let (_, history) = s.get(&format!("/v1/docs/{doc}/ops?after=0&limit=2000"));
+    history["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["client"].as_str().unwrap().into(),
+                o["user"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_moves_between_deployments_with_its_history() {
     let mut a = Server::start(&["--snapshot-every", "7"]);
@@ -52,18 +68,7 @@ async fn a_document_moves_between_deployments_with_its_history() {
     let source = replay_history(&a.addr, "src");
     let (&mid, mid_text) = source.iter().nth(source.len() / 2).unwrap();
     let mid_text = mid_text.clone();
-    let (_, history) = a.get("/v1/docs/src/ops?after=0&limit=2000");
-    let authors: Vec<(String, String)> = history["ops"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["client"].as_str().unwrap().into(),
-                o["user"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let source_authors = authors(&a, "src");
     drop(clients);
     a.kill();
     let a_args = a.args().to_vec();
@@ -148,19 +153,8 @@ async fn a_document_moves_between_deployments_with_its_history() {
         source.values().collect::<Vec<_>>(),
         "the copy's history differs"
     );
-    let (_, copy_history) = b.get("/v1/docs/copy/ops?after=0&limit=2000");
-    let copy_authors: Vec<(String, String)> = copy_history["ops"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["client"].as_str().unwrap().into(),
-                o["user"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
-    assert_eq!(copy_authors, authors);
+    let copy_authors = authors(&b, "copy");
+    assert_eq!(copy_authors, source_authors);
     let b_args_running = b.args().to_vec();
     let mut b = b;
     b.kill();

@@ -365,10 +365,10 @@ impl Store for PostgresStore {
         let rows = c
             .query(
                 "WITH RECURSIVE d(doc, n) AS (
-                     (SELECT doc, 1 FROM quire_history WHERE doc > $1 ORDER BY doc LIMIT 1)
+                     (SELECT doc, 1::bigint FROM quire_history WHERE doc > $1 ORDER BY doc LIMIT 1)
                      UNION ALL
                      SELECT (SELECT h.doc FROM quire_history h WHERE h.doc > d.doc ORDER BY h.doc LIMIT 1), n + 1
-                     FROM d WHERE d.doc IS NOT NULL AND n < $2
+                     FROM d WHERE d.doc IS NOT NULL AND n < $2::bigint
                  )
                  SELECT doc FROM d WHERE doc IS NOT NULL",
                 &[&after, &(limit as i64)],

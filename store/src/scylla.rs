@@ -11,9 +11,13 @@
 //!   A rarely edited document in a busy partition has sparse seqs, and
 //!   "history after seq" walks only its non-empty buckets, never a scan.
 //! - `ops_by_id ((doc, client), cseq) → seq`: finds `(client, cseq)`.
-//! - `snapshots (doc, seq, chunk) → data`, clustered by `seq DESC`: a
-//!   snapshot's JSON in chunks (≤ 256 KiB each, far under ScyllaDB's row and
-//!   cell limits); "newest at or before seq" is one `LIMIT 1` read.
+//! - `snapshots (doc, seq, chunk) → data`: a snapshot's JSON in chunks
+//!   (≤ 256 KiB each, far under ScyllaDB's row and cell limits), and
+//!   `snapshot_index (doc, seq) → chunks`, clustered by `seq DESC`, written
+//!   after every chunk: "newest at or before seq" is one `LIMIT 1` read, and
+//!   a snapshot is visible only once whole. A rewrite of the same snapshot
+//!   upserts its chunks, then the index (no delete that could shadow it);
+//!   readers take exactly `chunks` chunks.
 //! - `documents (shard, doc)`: the document ids, in 16 shards, for listing.
 //!
 //! Pruning: a document keeps its newest [`KEEP_SNAPSHOTS`] snapshots (older
@@ -23,7 +27,9 @@
 //!
 //! Consistency: every read and write is `LOCAL_QUORUM`, so a role reading a
 //! document sees what the compactor wrote (quorum reads overlap quorum
-//! writes in the local data centre).
+//! writes in the local data centre). Write timestamps come from the client
+//! (monotonic), not from coordinators' clocks. Reads are paged by the driver
+//! (64 rows a page: history rows and snapshot chunks can be large).
 //!
 //! The queries go through [`Tables`]: [`CqlTables`] runs them as prepared
 //! CQL statements; the unit tests run the same store logic (bucket walks,
@@ -41,6 +47,8 @@ pub const BUCKET_SHIFT: u32 = 16;
 pub const DOC_SHARDS: i32 = 16;
 /// Buckets read per step of a walk.
 const BUCKET_PAGE: i32 = 64;
+/// Rows per page of a paged read.
+const PAGE_ROWS: i32 = 64;
 
 pub fn bucket_of(seq: u64) -> i32 {
     (seq >> BUCKET_SHIFT) as i32
@@ -93,14 +101,15 @@ pub trait Tables: Send + Sync + 'static {
     ) -> Result<Vec<(i64, Vec<u8>)>>;
     async fn history_at(&self, doc: &str, bucket: i32, seq: i64) -> Result<Option<Vec<u8>>>;
     async fn op_seq(&self, doc: &str, client: &str, cseq: i64) -> Result<Option<i64>>;
-    /// The newest snapshot seq `<= at`.
-    async fn snapshot_seq(&self, doc: &str, at: i64) -> Result<Option<i64>>;
-    /// A snapshot's chunks, in order.
-    async fn snapshot_chunks(&self, doc: &str, seq: i64) -> Result<Vec<Vec<u8>>>;
-    async fn delete_snapshot(&self, doc: &str, seq: i64) -> Result<()>;
+    /// The newest indexed snapshot `<= at`: its seq and chunk count.
+    async fn snapshot_index_at(&self, doc: &str, at: i64) -> Result<Option<(i64, i32)>>;
+    /// The first `chunks` chunks of a snapshot, in order.
+    async fn snapshot_chunks(&self, doc: &str, seq: i64, chunks: i32) -> Result<Vec<Vec<u8>>>;
     async fn insert_chunk(&self, doc: &str, seq: i64, chunk: i32, data: &[u8]) -> Result<()>;
-    /// `(seq, chunk)` of every snapshot row of `doc`, newest first.
-    async fn snapshot_rows(&self, doc: &str) -> Result<Vec<(i64, i32)>>;
+    async fn insert_snapshot_index(&self, doc: &str, seq: i64, chunks: i32) -> Result<()>;
+    /// Every indexed snapshot seq of `doc`, newest first.
+    async fn snapshot_seqs(&self, doc: &str) -> Result<Vec<i64>>;
+    /// Drops the index entries, then the chunks, of snapshots `< seq`.
     async fn delete_snapshots_before(&self, doc: &str, seq: i64) -> Result<()>;
     /// Document ids of a shard `> after`, ascending.
     async fn documents(&self, shard: i32, after: &str, limit: i32) -> Result<Vec<String>>;
@@ -234,46 +243,46 @@ impl<T: Tables> Store for ScyllaStore<T> {
     async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
         let bytes = serde_json::to_vec(snapshot).map_err(storage)?;
         let (doc, seq) = (snapshot.doc.as_str(), seq_i64(snapshot.seq));
-        // A rewrite of the same snapshot may have had more chunks.
-        self.tables.delete_snapshot(doc, seq).await?;
+        let mut chunks = 0;
         for (i, part) in bytes.chunks(self.chunk).enumerate() {
             self.tables.insert_chunk(doc, seq, i as i32, part).await?;
+            chunks += 1;
         }
+        // Visible once whole.
+        self.tables.insert_snapshot_index(doc, seq, chunks).await?;
         // The pruning rule: the newest KEEP_SNAPSHOTS stay.
-        let mut seqs: Vec<i64> = Vec::new();
-        for (s, _) in self.tables.snapshot_rows(doc).await? {
-            if seqs.last() != Some(&s) {
-                seqs.push(s);
-            }
-        }
-        if let Some(&oldest_kept) = seqs.get(KEEP_SNAPSHOTS - 1) {
-            if seqs.len() > KEEP_SNAPSHOTS {
-                self.tables
-                    .delete_snapshots_before(doc, oldest_kept)
-                    .await?;
-            }
+        let seqs = self.tables.snapshot_seqs(doc).await?;
+        if seqs.len() > KEEP_SNAPSHOTS {
+            self.tables
+                .delete_snapshots_before(doc, seqs[KEEP_SNAPSHOTS - 1])
+                .await?;
         }
         Ok(())
     }
 
     async fn snapshot_at_or_before(&self, doc: &str, at: u64) -> Result<Option<Snapshot>> {
-        let Some(seq) = self.tables.snapshot_seq(doc, seq_i64(at)).await? else {
-            return Ok(None);
-        };
-        let bytes: Vec<u8> = self
-            .tables
-            .snapshot_chunks(doc, seq)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt {
-                doc: doc.to_owned(),
-                seq: seq as u64,
-                reason: format!("snapshot: {e}"),
-            })
+        // A snapshot pruned between the index read and the chunk read is
+        // looked up again (the index then names a newer one).
+        for _ in 0..3 {
+            let Some((seq, chunks)) = self.tables.snapshot_index_at(doc, seq_i64(at)).await? else {
+                return Ok(None);
+            };
+            let parts = self.tables.snapshot_chunks(doc, seq, chunks).await?;
+            if parts.len() != chunks as usize {
+                continue;
+            }
+            let bytes: Vec<u8> = parts.into_iter().flatten().collect();
+            return serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    doc: doc.to_owned(),
+                    seq: seq as u64,
+                    reason: format!("snapshot: {e}"),
+                });
+        }
+        Err(StoreError::Storage(format!(
+            "{doc}: the snapshot at or before {at} kept changing while read"
+        )))
     }
 
     async fn find_op(&self, doc: &str, client: &str, cseq: u64) -> Result<Option<AppliedRecord>> {
@@ -329,11 +338,12 @@ struct Statements {
     history_before: scylla::statement::prepared::PreparedStatement,
     history_at: scylla::statement::prepared::PreparedStatement,
     op_seq: scylla::statement::prepared::PreparedStatement,
-    snapshot_seq: scylla::statement::prepared::PreparedStatement,
+    snapshot_index_at: scylla::statement::prepared::PreparedStatement,
     snapshot_chunks: scylla::statement::prepared::PreparedStatement,
-    delete_snapshot: scylla::statement::prepared::PreparedStatement,
     insert_chunk: scylla::statement::prepared::PreparedStatement,
-    snapshot_rows: scylla::statement::prepared::PreparedStatement,
+    insert_snapshot_index: scylla::statement::prepared::PreparedStatement,
+    snapshot_seqs: scylla::statement::prepared::PreparedStatement,
+    delete_index_before: scylla::statement::prepared::PreparedStatement,
     delete_snapshots_before: scylla::statement::prepared::PreparedStatement,
     documents: scylla::statement::prepared::PreparedStatement,
     ping: scylla::statement::prepared::PreparedStatement,
@@ -345,6 +355,7 @@ pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.history_buckets (doc text, bucket int, PRIMARY KEY (doc, bucket)) WITH CLUSTERING ORDER BY (bucket ASC)",
     "CREATE TABLE IF NOT EXISTS {ks}.ops_by_id (doc text, client text, cseq bigint, seq bigint, PRIMARY KEY ((doc, client), cseq))",
     "CREATE TABLE IF NOT EXISTS {ks}.snapshots (doc text, seq bigint, chunk int, data blob, PRIMARY KEY (doc, seq, chunk)) WITH CLUSTERING ORDER BY (seq DESC, chunk ASC)",
+    "CREATE TABLE IF NOT EXISTS {ks}.snapshot_index (doc text, seq bigint, chunks int, PRIMARY KEY (doc, seq)) WITH CLUSTERING ORDER BY (seq DESC)",
     "CREATE TABLE IF NOT EXISTS {ks}.documents (shard int, doc text, PRIMARY KEY (shard, doc)) WITH CLUSTERING ORDER BY (doc ASC)",
 ];
 
@@ -362,6 +373,9 @@ impl CqlTables {
         }
         let session = SessionBuilder::new()
             .known_nodes(nodes.split(',').map(str::trim).filter(|n| !n.is_empty()))
+            .timestamp_generator(std::sync::Arc::new(
+                scylla::policies::timestamp_generator::MonotonicTimestampGenerator::new(),
+            ))
             .connection_timeout(std::time::Duration::from_secs(10))
             .build()
             .await
@@ -388,6 +402,7 @@ impl CqlTables {
             async move {
                 let mut p = session.prepare(cql).await.map_err(storage)?;
                 p.set_consistency(scylla::statement::Consistency::LocalQuorum);
+                p.set_page_size(PAGE_ROWS);
                 Ok::<_, StoreError>(p)
             }
         };
@@ -402,11 +417,12 @@ impl CqlTables {
             history_before: prepare(format!("SELECT seq, record FROM {ks}.history WHERE doc = ? AND bucket = ? AND seq < ? ORDER BY seq DESC LIMIT ?")).await?,
             history_at: prepare(format!("SELECT record FROM {ks}.history WHERE doc = ? AND bucket = ? AND seq = ?")).await?,
             op_seq: prepare(format!("SELECT seq FROM {ks}.ops_by_id WHERE doc = ? AND client = ? AND cseq = ?")).await?,
-            snapshot_seq: prepare(format!("SELECT seq FROM {ks}.snapshots WHERE doc = ? AND seq <= ? LIMIT 1")).await?,
-            snapshot_chunks: prepare(format!("SELECT data FROM {ks}.snapshots WHERE doc = ? AND seq = ? ORDER BY seq DESC, chunk ASC")).await?,
-            delete_snapshot: prepare(format!("DELETE FROM {ks}.snapshots WHERE doc = ? AND seq = ?")).await?,
+            snapshot_index_at: prepare(format!("SELECT seq, chunks FROM {ks}.snapshot_index WHERE doc = ? AND seq <= ? LIMIT 1")).await?,
+            snapshot_chunks: prepare(format!("SELECT data FROM {ks}.snapshots WHERE doc = ? AND seq = ? AND chunk < ?")).await?,
             insert_chunk: prepare(format!("INSERT INTO {ks}.snapshots (doc, seq, chunk, data) VALUES (?, ?, ?, ?)")).await?,
-            snapshot_rows: prepare(format!("SELECT seq, chunk FROM {ks}.snapshots WHERE doc = ?")).await?,
+            insert_snapshot_index: prepare(format!("INSERT INTO {ks}.snapshot_index (doc, seq, chunks) VALUES (?, ?, ?)")).await?,
+            snapshot_seqs: prepare(format!("SELECT seq FROM {ks}.snapshot_index WHERE doc = ?")).await?,
+            delete_index_before: prepare(format!("DELETE FROM {ks}.snapshot_index WHERE doc = ? AND seq < ?")).await?,
             delete_snapshots_before: prepare(format!("DELETE FROM {ks}.snapshots WHERE doc = ? AND seq < ?")).await?,
             documents: prepare(format!("SELECT doc FROM {ks}.documents WHERE shard = ? AND doc > ? ORDER BY doc ASC LIMIT ?")).await?,
             ping: prepare("SELECT release_version FROM system.local".to_owned()).await?,
@@ -434,21 +450,26 @@ impl CqlTables {
             .map_err(storage)
     }
 
+    /// Every row of a (paged) read.
     async fn rows<R>(
         &self,
         st: &scylla::statement::prepared::PreparedStatement,
         values: impl scylla::serialize::row::SerializeRow,
     ) -> Result<Vec<R>>
     where
-        R: for<'f> scylla::deserialize::row::DeserializeRow<'f, 'f>,
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + Send + 'static,
     {
-        let result = self.exec(st, values).await?;
-        let rows = result.into_rows_result().map_err(storage)?;
-        let out = rows
-            .rows::<R>()
-            .map_err(storage)?
-            .collect::<std::result::Result<Vec<R>, _>>()
+        use futures_util::StreamExt;
+        let pager = self
+            .session
+            .execute_iter(st.clone(), values)
+            .await
             .map_err(storage)?;
+        let mut stream = pager.rows_stream::<R>().map_err(storage)?;
+        let mut out = Vec::new();
+        while let Some(row) = stream.next().await {
+            out.push(row.map_err(storage)?);
+        }
         Ok(out)
     }
 }
@@ -511,28 +532,32 @@ impl Tables for CqlTables {
         let rows: Vec<(i64,)> = self.rows(&self.st.op_seq, (doc, client, cseq)).await?;
         Ok(rows.into_iter().next().map(|(s,)| s))
     }
-    async fn snapshot_seq(&self, doc: &str, at: i64) -> Result<Option<i64>> {
-        let rows: Vec<(i64,)> = self.rows(&self.st.snapshot_seq, (doc, at)).await?;
-        Ok(rows.into_iter().next().map(|(s,)| s))
+    async fn snapshot_index_at(&self, doc: &str, at: i64) -> Result<Option<(i64, i32)>> {
+        let rows: Vec<(i64, i32)> = self.rows(&self.st.snapshot_index_at, (doc, at)).await?;
+        Ok(rows.into_iter().next())
     }
-    async fn snapshot_chunks(&self, doc: &str, seq: i64) -> Result<Vec<Vec<u8>>> {
-        let rows: Vec<(Vec<u8>,)> = self.rows(&self.st.snapshot_chunks, (doc, seq)).await?;
+    async fn snapshot_chunks(&self, doc: &str, seq: i64, chunks: i32) -> Result<Vec<Vec<u8>>> {
+        let rows: Vec<(Vec<u8>,)> = self
+            .rows(&self.st.snapshot_chunks, (doc, seq, chunks))
+            .await?;
         Ok(rows.into_iter().map(|(d,)| d).collect())
-    }
-    async fn delete_snapshot(&self, doc: &str, seq: i64) -> Result<()> {
-        self.exec(&self.st.delete_snapshot, (doc, seq))
-            .await
-            .map(drop)
     }
     async fn insert_chunk(&self, doc: &str, seq: i64, chunk: i32, data: &[u8]) -> Result<()> {
         self.exec(&self.st.insert_chunk, (doc, seq, chunk, data))
             .await
             .map(drop)
     }
-    async fn snapshot_rows(&self, doc: &str) -> Result<Vec<(i64, i32)>> {
-        self.rows(&self.st.snapshot_rows, (doc,)).await
+    async fn insert_snapshot_index(&self, doc: &str, seq: i64, chunks: i32) -> Result<()> {
+        self.exec(&self.st.insert_snapshot_index, (doc, seq, chunks))
+            .await
+            .map(drop)
+    }
+    async fn snapshot_seqs(&self, doc: &str) -> Result<Vec<i64>> {
+        let rows: Vec<(i64,)> = self.rows(&self.st.snapshot_seqs, (doc,)).await?;
+        Ok(rows.into_iter().map(|(s,)| s).collect())
     }
     async fn delete_snapshots_before(&self, doc: &str, seq: i64) -> Result<()> {
+        self.exec(&self.st.delete_index_before, (doc, seq)).await?;
         self.exec(&self.st.delete_snapshots_before, (doc, seq))
             .await
             .map(drop)
@@ -562,6 +587,7 @@ pub mod model {
         buckets: Mutex<BTreeMap<(String, i32), ()>>,
         ops: Mutex<BTreeMap<(String, String, i64), i64>>,
         snapshots: Mutex<BTreeMap<(String, i64, i32), Vec<u8>>>,
+        index: Mutex<BTreeMap<(String, i64), i32>>,
         documents: Mutex<BTreeMap<(i32, String), ()>>,
         /// Rows the history reads returned, for the no-scan checks.
         pub history_rows_read: std::sync::atomic::AtomicU64,
@@ -683,28 +709,20 @@ pub mod model {
                 .get(&(doc.into(), client.into(), cseq))
                 .copied())
         }
-        async fn snapshot_seq(&self, doc: &str, at: i64) -> Result<Option<i64>> {
-            let s = self.snapshots.lock().unwrap();
-            Ok(
-                s.range((doc.to_owned(), i64::MIN, i32::MIN)..=(doc.to_owned(), at, i32::MAX))
-                    .next_back()
-                    .map(|((_, q, _), _)| *q),
-            )
+        async fn snapshot_index_at(&self, doc: &str, at: i64) -> Result<Option<(i64, i32)>> {
+            let idx = self.index.lock().unwrap();
+            Ok(idx
+                .range((doc.to_owned(), i64::MIN)..=(doc.to_owned(), at))
+                .next_back()
+                .map(|((_, q), c)| (*q, *c)))
         }
-        async fn snapshot_chunks(&self, doc: &str, seq: i64) -> Result<Vec<Vec<u8>>> {
+        async fn snapshot_chunks(&self, doc: &str, seq: i64, chunks: i32) -> Result<Vec<Vec<u8>>> {
             let s = self.snapshots.lock().unwrap();
             Ok(
-                s.range((doc.to_owned(), seq, i32::MIN)..=(doc.to_owned(), seq, i32::MAX))
+                s.range((doc.to_owned(), seq, 0)..(doc.to_owned(), seq, chunks.max(0)))
                     .map(|(_, d)| d.clone())
                     .collect(),
             )
-        }
-        async fn delete_snapshot(&self, doc: &str, seq: i64) -> Result<()> {
-            self.snapshots
-                .lock()
-                .unwrap()
-                .retain(|(d, q, _), _| !(d == doc && *q == seq));
-            Ok(())
         }
         async fn insert_chunk(&self, doc: &str, seq: i64, chunk: i32, data: &[u8]) -> Result<()> {
             self.snapshots
@@ -713,18 +731,24 @@ pub mod model {
                 .insert((doc.into(), seq, chunk), data.to_vec());
             Ok(())
         }
-        async fn snapshot_rows(&self, doc: &str) -> Result<Vec<(i64, i32)>> {
-            let s = self.snapshots.lock().unwrap();
-            // Clustered by seq DESC, chunk ASC.
-            let mut rows: Vec<(i64, i32)> = s
-                .keys()
-                .filter(|(d, _, _)| d == doc)
-                .map(|(_, q, c)| (*q, *c))
-                .collect();
-            rows.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            Ok(rows)
+        async fn insert_snapshot_index(&self, doc: &str, seq: i64, chunks: i32) -> Result<()> {
+            self.index.lock().unwrap().insert((doc.into(), seq), chunks);
+            Ok(())
+        }
+        async fn snapshot_seqs(&self, doc: &str) -> Result<Vec<i64>> {
+            let idx = self.index.lock().unwrap();
+            // Clustered by seq DESC.
+            Ok(idx
+                .range((doc.to_owned(), i64::MIN)..=(doc.to_owned(), i64::MAX))
+                .rev()
+                .map(|((_, q), _)| *q)
+                .collect())
         }
         async fn delete_snapshots_before(&self, doc: &str, seq: i64) -> Result<()> {
+            self.index
+                .lock()
+                .unwrap()
+                .retain(|(d, q), _| !(d == doc && *q < seq));
             self.snapshots
                 .lock()
                 .unwrap()
@@ -806,20 +830,20 @@ mod tests {
         async fn op_seq(&self, doc: &str, client: &str, cseq: i64) -> Result<Option<i64>> {
             self.0.op_seq(doc, client, cseq).await
         }
-        async fn snapshot_seq(&self, doc: &str, at: i64) -> Result<Option<i64>> {
-            self.0.snapshot_seq(doc, at).await
+        async fn snapshot_index_at(&self, doc: &str, at: i64) -> Result<Option<(i64, i32)>> {
+            self.0.snapshot_index_at(doc, at).await
         }
-        async fn snapshot_chunks(&self, doc: &str, seq: i64) -> Result<Vec<Vec<u8>>> {
-            self.0.snapshot_chunks(doc, seq).await
-        }
-        async fn delete_snapshot(&self, doc: &str, seq: i64) -> Result<()> {
-            self.0.delete_snapshot(doc, seq).await
+        async fn snapshot_chunks(&self, doc: &str, seq: i64, chunks: i32) -> Result<Vec<Vec<u8>>> {
+            self.0.snapshot_chunks(doc, seq, chunks).await
         }
         async fn insert_chunk(&self, doc: &str, seq: i64, chunk: i32, data: &[u8]) -> Result<()> {
             self.0.insert_chunk(doc, seq, chunk, data).await
         }
-        async fn snapshot_rows(&self, doc: &str) -> Result<Vec<(i64, i32)>> {
-            self.0.snapshot_rows(doc).await
+        async fn insert_snapshot_index(&self, doc: &str, seq: i64, chunks: i32) -> Result<()> {
+            self.0.insert_snapshot_index(doc, seq, chunks).await
+        }
+        async fn snapshot_seqs(&self, doc: &str) -> Result<Vec<i64>> {
+            self.0.snapshot_seqs(doc).await
         }
         async fn delete_snapshots_before(&self, doc: &str, seq: i64) -> Result<()> {
             self.0.delete_snapshots_before(doc, seq).await
@@ -836,6 +860,36 @@ mod tests {
     async fn the_store_logic_conforms_on_a_model_of_the_tables() {
         let s = ScyllaStore::on(ModelTables::default());
         crate::conformance::check(&s).await;
+    }
+
+    /// A snapshot is visible only once its index row is written, and a
+    /// rewrite with fewer chunks is read back whole (no stale chunk).
+    #[tokio::test]
+    async fn snapshots_appear_whole_and_rewrites_never_mix() {
+        let tables = Arc::new(ModelTables::default());
+        let snap = |text: &str| Snapshot {
+            doc: "s".into(),
+            seq: 9,
+            text: text.into(),
+            clients: vec![],
+            hash: None,
+        };
+        // Chunks without their index row: not a snapshot yet.
+        tables.insert_chunk("s", 9, 0, b"{\"doc\"").await.unwrap();
+        let s = ScyllaStore::on(Shared(tables.clone())).with_snapshot_chunk(1024);
+        assert!(s.snapshot_at_or_before("s", 9).await.unwrap().is_none());
+        let long = "x".repeat(10_000);
+        s.put_snapshot(&snap(&long)).await.unwrap();
+        assert_eq!(
+            s.snapshot_at_or_before("s", 9).await.unwrap().unwrap().text,
+            long
+        );
+        let s = ScyllaStore::on(Shared(tables.clone())).with_snapshot_chunk(64 << 10);
+        s.put_snapshot(&snap("short")).await.unwrap();
+        assert_eq!(
+            s.snapshot_at_or_before("s", 9).await.unwrap().unwrap().text,
+            "short"
+        );
     }
 
     #[test]

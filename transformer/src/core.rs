@@ -1,6 +1,8 @@
 use document::{Dedup, DocState, WindowPolicy};
 use ot::Side;
-use protocol::{AppliedRecord, ErrorCode, RawRecord, RejectedRecord, APPLIED_VERSION};
+use protocol::{
+    AppliedRecord, ErrorCode, RawRecord, RejectedRecord, APPLIED_VERSION, RECORD_VERSION,
+};
 
 #[derive(Debug, Clone, Copy)]
 pub struct CoreConfig {
@@ -39,7 +41,8 @@ pub enum Outcome {
 pub fn process(state: &mut DocState, raw: &RawRecord, seq: u64, cfg: &CoreConfig) -> Outcome {
     let reject = |code: ErrorCode, message: String| {
         Outcome::Rejected(RejectedRecord {
-            v: APPLIED_VERSION,
+            // Rejections did not change: they keep version 1.
+            v: RECORD_VERSION,
             doc: raw.doc.clone(),
             seq,
             client: raw.client.clone(),

@@ -1,20 +1,11 @@
 import { describe, expect, it } from "vitest";
+import { rng } from "./rng";
 import { ClientCore, splitOp } from "../src/core";
 import { diff, threeWay } from "../src/diff";
 import { apply, cpLength, type Op } from "../src/ot";
 import type { ServerMsg } from "../src/protocol";
 import { ModelServer, type ModelConn } from "./model";
 
-function rng(seed: number) {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe("diff and three-way merge", () => {
   it("diff turns a into b", () => {

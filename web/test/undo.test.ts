@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { rng } from "./rng";
 import { UndoStack } from "../src/undo";
 import { apply, applyWithDeleted, type Op } from "../src/ot";
 
@@ -108,16 +109,6 @@ describe("UndoStack", () => {
 });
 
 describe("UndoStack, seeded", () => {
-  function rng(seed: number) {
-    let s = seed >>> 0;
-    return () => {
-      s = (s + 0x6d2b79f5) >>> 0;
-      let t = s;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-  }
   const sorted = (s: string) => [...s].sort().join("");
 
   it("undoing every local step removes exactly the local user's text and restores what it deleted", () => {
