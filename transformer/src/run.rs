@@ -109,6 +109,9 @@ impl Metrics {
     }
 }
 
+/// Longest time the transformer's committed position lags its work.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
 /// Runs one task per partition until `shutdown`.
 pub async fn run(
     config: TransformerConfig,
@@ -218,12 +221,25 @@ impl PartitionWorker {
             offset = pos,
             "transformer partition starting"
         );
+        // The committed position only bounds where a restart starts reading
+        // (`resume_point` goes on from the last output in the applied
+        // topic), so it is committed lazily: at most every COMMIT_EVERY, and
+        // when the partition goes idle. One durable write fewer per batch.
+        let mut committed = pos;
+        let mut last_commit = tokio::time::Instant::now();
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 b = self.log.fetch(&topics.ops, self.p, pos, self.config.batch, Duration::from_millis(500)) => b?,
             };
             if batch.is_empty() {
+                if committed < pos {
+                    self.log
+                        .commit(&topics.transformer_group, &topics.ops, self.p, pos)
+                        .await?;
+                    committed = pos;
+                    last_commit = tokio::time::Instant::now();
+                }
                 continue;
             }
             // Documents this batch touched have outputs not yet in the log:
@@ -292,10 +308,14 @@ impl PartitionWorker {
                         .observe((now - ts).max(0) as f64 / 1000.0);
                 }
             }
-            self.log
-                .commit(&topics.transformer_group, &topics.ops, self.p, next)
-                .await?;
             pos = next;
+            if last_commit.elapsed() >= COMMIT_EVERY {
+                self.log
+                    .commit(&topics.transformer_group, &topics.ops, self.p, pos)
+                    .await?;
+                committed = pos;
+                last_commit = tokio::time::Instant::now();
+            }
         }
     }
 }
