@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 use crate::{partition_for, LogError, Offset, OpLog, Partition, Record, Result};
 
+/// Page cache of the redb file (redb's default is 1 GiB).
+const CACHE_BYTES: usize = 64 << 20;
+
 /// `(topic, partition, offset) -> (key, value)`
 const RECORDS: TableDefinition<(&str, u32, u64), (&str, &[u8])> = TableDefinition::new("records");
 /// `(topic, partition) -> (next offset, log start)`
@@ -122,7 +125,12 @@ impl EmbeddedLog {
     /// writer thread. Must be called inside a tokio runtime.
     pub fn open(config: EmbeddedLogConfig) -> Result<EmbeddedLog> {
         std::fs::create_dir_all(&config.dir).map_err(storage)?;
-        let db = Database::create(config.dir.join("log.redb")).map_err(storage)?;
+        // redb's default page cache is 1 GiB; the log's readers want recent
+        // pages only (benches/README.md: resident memory).
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(config.dir.join("log.redb"))
+            .map_err(storage)?;
         let mut topics = HashMap::new();
         let mut next_offsets = HashMap::new();
         {

@@ -20,6 +20,9 @@ use std::sync::Arc;
 use protocol::{decode_out_record, AppliedRecord, OutRecord, Snapshot};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+/// Page cache of the redb file (redb's default is 1 GiB).
+const CACHE_BYTES: usize = 64 << 20;
+
 /// `(doc, seq) -> applied record (JSON, as on the topic)`
 const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
 /// `(doc, client, cseq) -> seq`: finds an archived op by its id.
@@ -93,7 +96,12 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     pub fn open(dir: &Path) -> Result<EmbeddedStore> {
         std::fs::create_dir_all(dir).map_err(storage)?;
-        let db = Database::create(dir.join("store.redb")).map_err(storage)?;
+        // redb's default page cache is 1 GiB: bounded here, like every
+        // other cache of the process.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join("store.redb"))
+            .map_err(storage)?;
         let w = db.begin_write().map_err(storage)?;
         {
             let history = w.open_table(HISTORY).map_err(storage)?;
