@@ -55,11 +55,11 @@ pub fn bucket_of(seq: u64) -> i32 {
 }
 
 fn shard_of(doc: &str) -> i32 {
-    (oplog_free_hash(doc) % DOC_SHARDS as u32) as i32
+    (fnv1a(doc) % DOC_SHARDS as u32) as i32
 }
 
 /// FNV-1a: a stable spread of ids over shards.
-fn oplog_free_hash(s: &str) -> u32 {
+fn fnv1a(s: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in s.bytes() {
         h ^= u32::from(b);
@@ -114,6 +114,77 @@ pub trait Tables: Send + Sync + 'static {
     /// Document ids of a shard `> after`, ascending.
     async fn documents(&self, shard: i32, after: &str, limit: i32) -> Result<Vec<String>>;
     async fn ping(&self) -> Result<()>;
+}
+
+/// Shared tables are tables (tests keep a handle to inspect the model).
+#[async_trait::async_trait]
+impl<T: Tables> Tables for std::sync::Arc<T> {
+    async fn insert_history(&self, doc: &str, bucket: i32, seq: i64, record: &[u8]) -> Result<()> {
+        (**self).insert_history(doc, bucket, seq, record).await
+    }
+    async fn insert_bucket(&self, doc: &str, bucket: i32) -> Result<()> {
+        (**self).insert_bucket(doc, bucket).await
+    }
+    async fn insert_op_id(&self, doc: &str, client: &str, cseq: i64, seq: i64) -> Result<()> {
+        (**self).insert_op_id(doc, client, cseq, seq).await
+    }
+    async fn insert_document(&self, shard: i32, doc: &str) -> Result<()> {
+        (**self).insert_document(shard, doc).await
+    }
+    async fn buckets_from(&self, doc: &str, from: i32, limit: i32) -> Result<Vec<i32>> {
+        (**self).buckets_from(doc, from, limit).await
+    }
+    async fn buckets_to(&self, doc: &str, to: i32, limit: i32) -> Result<Vec<i32>> {
+        (**self).buckets_to(doc, to, limit).await
+    }
+    async fn history_after(
+        &self,
+        doc: &str,
+        bucket: i32,
+        after: i64,
+        limit: i32,
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
+        (**self).history_after(doc, bucket, after, limit).await
+    }
+    async fn history_before(
+        &self,
+        doc: &str,
+        bucket: i32,
+        before: i64,
+        limit: i32,
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
+        (**self).history_before(doc, bucket, before, limit).await
+    }
+    async fn history_at(&self, doc: &str, bucket: i32, seq: i64) -> Result<Option<Vec<u8>>> {
+        (**self).history_at(doc, bucket, seq).await
+    }
+    async fn op_seq(&self, doc: &str, client: &str, cseq: i64) -> Result<Option<i64>> {
+        (**self).op_seq(doc, client, cseq).await
+    }
+    async fn snapshot_index_at(&self, doc: &str, at: i64) -> Result<Option<(i64, i32)>> {
+        (**self).snapshot_index_at(doc, at).await
+    }
+    async fn snapshot_chunks(&self, doc: &str, seq: i64, chunks: i32) -> Result<Vec<Vec<u8>>> {
+        (**self).snapshot_chunks(doc, seq, chunks).await
+    }
+    async fn insert_chunk(&self, doc: &str, seq: i64, chunk: i32, data: &[u8]) -> Result<()> {
+        (**self).insert_chunk(doc, seq, chunk, data).await
+    }
+    async fn insert_snapshot_index(&self, doc: &str, seq: i64, chunks: i32) -> Result<()> {
+        (**self).insert_snapshot_index(doc, seq, chunks).await
+    }
+    async fn snapshot_seqs(&self, doc: &str) -> Result<Vec<i64>> {
+        (**self).snapshot_seqs(doc).await
+    }
+    async fn delete_snapshots_before(&self, doc: &str, seq: i64) -> Result<()> {
+        (**self).delete_snapshots_before(doc, seq).await
+    }
+    async fn documents(&self, shard: i32, after: &str, limit: i32) -> Result<Vec<String>> {
+        (**self).documents(shard, after, limit).await
+    }
+    async fn ping(&self) -> Result<()> {
+        (**self).ping().await
+    }
 }
 
 pub struct ScyllaStore<T: Tables = CqlTables> {
@@ -778,84 +849,6 @@ mod tests {
     use super::model::ModelTables;
     use super::*;
 
-    struct Shared(Arc<ModelTables>);
-
-    #[async_trait::async_trait]
-    impl Tables for Shared {
-        async fn insert_history(
-            &self,
-            doc: &str,
-            bucket: i32,
-            seq: i64,
-            record: &[u8],
-        ) -> Result<()> {
-            self.0.insert_history(doc, bucket, seq, record).await
-        }
-        async fn insert_bucket(&self, doc: &str, bucket: i32) -> Result<()> {
-            self.0.insert_bucket(doc, bucket).await
-        }
-        async fn insert_op_id(&self, doc: &str, client: &str, cseq: i64, seq: i64) -> Result<()> {
-            self.0.insert_op_id(doc, client, cseq, seq).await
-        }
-        async fn insert_document(&self, shard: i32, doc: &str) -> Result<()> {
-            self.0.insert_document(shard, doc).await
-        }
-        async fn buckets_from(&self, doc: &str, from: i32, limit: i32) -> Result<Vec<i32>> {
-            self.0.buckets_from(doc, from, limit).await
-        }
-        async fn buckets_to(&self, doc: &str, to: i32, limit: i32) -> Result<Vec<i32>> {
-            self.0.buckets_to(doc, to, limit).await
-        }
-        async fn history_after(
-            &self,
-            doc: &str,
-            bucket: i32,
-            after: i64,
-            limit: i32,
-        ) -> Result<Vec<(i64, Vec<u8>)>> {
-            self.0.history_after(doc, bucket, after, limit).await
-        }
-        async fn history_before(
-            &self,
-            doc: &str,
-            bucket: i32,
-            before: i64,
-            limit: i32,
-        ) -> Result<Vec<(i64, Vec<u8>)>> {
-            self.0.history_before(doc, bucket, before, limit).await
-        }
-        async fn history_at(&self, doc: &str, bucket: i32, seq: i64) -> Result<Option<Vec<u8>>> {
-            self.0.history_at(doc, bucket, seq).await
-        }
-        async fn op_seq(&self, doc: &str, client: &str, cseq: i64) -> Result<Option<i64>> {
-            self.0.op_seq(doc, client, cseq).await
-        }
-        async fn snapshot_index_at(&self, doc: &str, at: i64) -> Result<Option<(i64, i32)>> {
-            self.0.snapshot_index_at(doc, at).await
-        }
-        async fn snapshot_chunks(&self, doc: &str, seq: i64, chunks: i32) -> Result<Vec<Vec<u8>>> {
-            self.0.snapshot_chunks(doc, seq, chunks).await
-        }
-        async fn insert_chunk(&self, doc: &str, seq: i64, chunk: i32, data: &[u8]) -> Result<()> {
-            self.0.insert_chunk(doc, seq, chunk, data).await
-        }
-        async fn insert_snapshot_index(&self, doc: &str, seq: i64, chunks: i32) -> Result<()> {
-            self.0.insert_snapshot_index(doc, seq, chunks).await
-        }
-        async fn snapshot_seqs(&self, doc: &str) -> Result<Vec<i64>> {
-            self.0.snapshot_seqs(doc).await
-        }
-        async fn delete_snapshots_before(&self, doc: &str, seq: i64) -> Result<()> {
-            self.0.delete_snapshots_before(doc, seq).await
-        }
-        async fn documents(&self, shard: i32, after: &str, limit: i32) -> Result<Vec<String>> {
-            self.0.documents(shard, after, limit).await
-        }
-        async fn ping(&self) -> Result<()> {
-            self.0.ping().await
-        }
-    }
-
     #[tokio::test]
     async fn the_store_logic_conforms_on_a_model_of_the_tables() {
         let s = ScyllaStore::on(ModelTables::default());
@@ -876,7 +869,7 @@ mod tests {
         };
         // Chunks without their index row: not a snapshot yet.
         tables.insert_chunk("s", 9, 0, b"{\"doc\"").await.unwrap();
-        let s = ScyllaStore::on(Shared(tables.clone())).with_snapshot_chunk(1024);
+        let s = ScyllaStore::on(tables.clone()).with_snapshot_chunk(1024);
         assert!(s.snapshot_at_or_before("s", 9).await.unwrap().is_none());
         let long = "x".repeat(10_000);
         s.put_snapshot(&snap(&long)).await.unwrap();
@@ -884,7 +877,7 @@ mod tests {
             s.snapshot_at_or_before("s", 9).await.unwrap().unwrap().text,
             long
         );
-        let s = ScyllaStore::on(Shared(tables.clone())).with_snapshot_chunk(64 << 10);
+        let s = ScyllaStore::on(tables.clone()).with_snapshot_chunk(64 << 10);
         s.put_snapshot(&snap("short")).await.unwrap();
         assert_eq!(
             s.snapshot_at_or_before("s", 9).await.unwrap().unwrap().text,
@@ -907,7 +900,7 @@ mod tests {
     #[tokio::test]
     async fn sparse_history_is_read_without_a_scan() {
         let tables = Arc::new(ModelTables::default());
-        let s = ScyllaStore::on(Shared(tables.clone()));
+        let s = ScyllaStore::on(tables.clone());
         let seqs: Vec<u64> = (0..200u64).map(|i| 1 + i * 3_000_017).collect();
         let records: Vec<_> = seqs
             .iter()
