@@ -20,6 +20,8 @@ use tracing::Instrument;
 
 /// Records each presence partition keeps after truncation.
 const PRESENCE_RETAIN: u64 = 1000;
+/// Applied records archived per store write at most.
+const ARCHIVE_BATCH: usize = 1000;
 
 #[derive(Debug, Clone)]
 pub struct CompactorConfig {
@@ -31,6 +33,11 @@ pub struct CompactorConfig {
     pub retain_records: u64,
     /// How often to truncate.
     pub truncate_every: Duration,
+    /// Shortest time between two archive writes of a partition while it
+    /// is not behind: records arriving meanwhile share the next write (one
+    /// store commit and one position commit for all of them). The
+    /// compactor is off the ack path, so this costs no editor latency.
+    pub archive_every: Duration,
     pub max_docs: usize,
     /// Set once the consumer group first assigned this process partitions.
     pub joined: Option<Arc<AtomicBool>>,
@@ -44,6 +51,7 @@ impl Default for CompactorConfig {
             snapshot_every: 1000,
             retain_records: 10_000,
             truncate_every: Duration::from_secs(5),
+            archive_every: Duration::from_millis(200),
             max_docs: 1024,
             joined: None,
         }
@@ -160,12 +168,24 @@ impl Worker {
             .unwrap_or(0)
             .max(start);
         let mut last_truncate = Instant::now();
+        // When the last write was not a full batch (the partition is at its
+        // tail), wait out `archive_every` before reading again.
+        let mut rest_until: Option<tokio::time::Instant> = None;
         loop {
+            if let Some(until) = rest_until.take() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+            }
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                b = self.log.fetch(&topics.applied, self.p, pos, 1000, Duration::from_millis(500)) => b?,
+                b = self.log.fetch(&topics.applied, self.p, pos, ARCHIVE_BATCH, Duration::from_millis(500)) => b?,
             };
             if !batch.is_empty() {
+                if batch.len() < ARCHIVE_BATCH {
+                    rest_until = Some(tokio::time::Instant::now() + self.config.archive_every);
+                }
                 let next = batch.last().map_or(pos, |r| r.offset + 1);
                 self.compact(batch).await?;
                 self.log

@@ -116,6 +116,8 @@ struct Checks {
     armed: AtomicBool,
     entered: Notify,
     open: Notify,
+    /// `put_history` calls so far.
+    writes: AtomicU64,
 }
 
 #[async_trait::async_trait]
@@ -124,6 +126,7 @@ impl Intercept for Checks {
         let Call::PutHistory(records) = call else {
             return Ok(());
         };
+        self.writes.fetch_add(1, Ordering::SeqCst);
         for r in records {
             let at = self
                 .offsets
@@ -241,6 +244,7 @@ impl Harness {
                 armed: AtomicBool::new(false),
                 entered: Notify::new(),
                 open: Notify::new(),
+                writes: AtomicU64::new(0),
             },
         });
         Harness {
@@ -264,6 +268,7 @@ impl Harness {
             snapshot_every: 1000,
             retain_records: 10,
             truncate_every: Duration::from_millis(20),
+            archive_every: Duration::from_millis(20),
             max_docs: 1024,
             joined: None,
         }
@@ -465,6 +470,39 @@ async fn history_is_archived_before_its_position_is_committed() {
     }
     running.stop().await;
     h.assert_no_violations();
+}
+
+/// Records trickling in at the tail share archive writes: one store write
+/// (and one position commit) per `archive_every`, not one per record. The
+/// compactor is off the ack path; every store write is a durable commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_at_the_tail_share_archive_writes() {
+    let mut h = Harness::new(1);
+    let mut config = h.config();
+    config.archive_every = Duration::from_millis(400);
+    let running = h.start(config);
+    let started = Instant::now();
+    for _ in 0..40 {
+        let op = h.applied_op("trickle");
+        h.produce(vec![op]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let produced_in = started.elapsed();
+    h.caught_up(&running).await;
+    running.stop().await;
+    h.assert_no_violations();
+    let writes = h.store.hook.writes.load(Ordering::SeqCst);
+    // One write per started 400 ms of producing, plus the first record's.
+    let bound = 2 + produced_in.as_millis() as u64 / 400;
+    assert!(
+        writes <= bound,
+        "{writes} archive writes for 40 records produced over {produced_in:?} (at most {bound})"
+    );
+    assert_eq!(
+        h.store.history("trickle", 0, 100).await.unwrap(),
+        h.applied,
+        "every record archived once the compactor caught up"
+    );
 }
 
 /// DeleteRecords bounds: `quire.ops` never past the transformer's committed

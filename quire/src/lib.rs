@@ -407,6 +407,7 @@ pub async fn run(
             truncate_every: config.truncate_every,
             max_docs: config.doc_cache,
             joined: Some(health.until_joined("compactor")),
+            ..CompactorConfig::default()
         };
         let (log, store, m) = (
             log.clone(),
