@@ -3,14 +3,17 @@
 //! [`OpLog`] is the slice of Kafka that Quire's roles use: topics with
 //! partitions, keyed partitioning with Kafka's murmur2, durable appends from
 //! an idempotent producer, fetch by offset, consumer-group offsets, the log
-//! start offset and DeleteRecords. [`EmbeddedLog`] implements it on redb for
+//! start offset and DeleteRecords. [`EmbeddedLog`] implements it on
+//! append-only segment files for
 //! `quire serve`; a Kafka backend implements the same trait.
 
 pub mod conformance;
 mod embedded;
 pub mod group;
 mod intercept;
+mod migrate;
 mod murmur2;
+mod segments;
 
 use std::time::Duration;
 
