@@ -10,14 +10,14 @@
 //! see durable records: the high watermark moves after the sync.
 //!
 //! In memory: per partition, the location of every retained record (an
-//! index, 24 bytes a record) and its newest records (a tail of at most
+//! index, 16 bytes a record) and its newest records (a tail of at most
 //! [`TAIL_BYTES`], which serves consumers at the tail without reading the
 //! files); consumer positions; the idempotent producer's last batches.
 //! Everything else is read back with `pread` from the segments (the page
-//! cache). A segment is deleted once every record in it is below its
-//! partition's log start; when the log moves to a new segment, the live
-//! records of the oldest one are written again (same offsets) if they are
-//! few, so a quiet partition never pins old segments.
+//! cache). Segments are deleted oldest first, once no record in them is
+//! live; when the log moves to a new segment, up to 4 MiB of the oldest
+//! one's live records are written again (same offsets), so a quiet
+//! partition never pins old segments.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -422,6 +422,10 @@ impl EmbeddedLog {
         let mut files = BTreeMap::new();
         for &id in &ids {
             let f = File::open(segments::segment_path(&config.dir, id)).map_err(storage)?;
+            // A process killed between a write and its sync leaves frames
+            // that replay accepts (and readers will see): make them durable
+            // before anything builds on them.
+            f.sync_all().map_err(storage)?;
             files.insert(id, Arc::new(f));
         }
         let mut topics = HashMap::new();
@@ -893,8 +897,6 @@ impl Writer {
         let mut started = false;
         for eff in effects {
             match eff {
-                // Start first: a reader that sees the new watermark must
-                // not read below a start that has already moved.
                 Effect::Started(t, p, s) => {
                     let part = &inner.topics[&t][p as usize];
                     part.start.store(s, Ordering::Release);
@@ -1013,6 +1015,15 @@ impl Writer {
         live
     }
 
+    /// Whether any record in segment `seg` is live.
+    fn has_live(&self, inner: &Inner, seg: u32) -> bool {
+        self.seg_ends.get(&seg).into_iter().flatten().any(|((topic, p), end)| {
+            let d = inner.topics[topic][*p as usize].data.lock().expect("not poisoned");
+            let stop = (*end).min(d.first + d.index.len() as u64);
+            (d.first..stop).any(|o| d.index[(o - d.first) as usize].seg == seg)
+        })
+    }
+
     /// Writes the oldest segment's live records again, into the current
     /// segment, when they are few (a quiet partition's records would
     /// otherwise keep the whole segment on disk).
@@ -1023,9 +1034,20 @@ impl Writer {
         if oldest == self.seg {
             return Ok(());
         }
-        let live = self.live(inner, oldest);
+        // At most RELOCATE_BYTES per move: a segment with more live
+        // records drains over several moves.
+        let mut live = self.live(inner, oldest);
+        let mut bytes = 0;
+        let keep = live
+            .iter()
+            .take_while(|(_, _, _, l)| {
+                bytes += l.len as u64;
+                bytes <= RELOCATE_BYTES
+            })
+            .count();
+        live.truncate(keep);
         let bytes: u64 = live.iter().map(|(_, _, _, l)| l.len as u64).sum();
-        if live.is_empty() || bytes > RELOCATE_BYTES {
+        if live.is_empty() {
             return Ok(());
         }
         let Some(old) = inner.files.read().expect("not poisoned").get(&oldest).cloned() else {
@@ -1081,7 +1103,7 @@ impl Writer {
     /// Deletes the oldest segments while no record in them is live.
     fn collect(&mut self, inner: &Inner) {
         while let Some(&oldest) = self.seg_ends.keys().next() {
-            if oldest == self.seg || !self.live(inner, oldest).is_empty() {
+            if oldest == self.seg || self.has_live(inner, oldest) {
                 return;
             }
             self.seg_ends.remove(&oldest);
