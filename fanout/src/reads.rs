@@ -46,7 +46,7 @@ impl Fanout {
                 Some(r) => out.extend(r),
                 // The archive lags the window's floor (the compactor
                 // archives in batches): the rest is in the applied topic.
-                None => out.extend(self.from_topic(doc, from, want).await?),
+                None => out.extend(self.topic_history(doc, from, want).await?),
             }
         }
         Ok(out)
@@ -55,7 +55,7 @@ impl Fanout {
     /// Up to `want` applied records of `doc` after version `from`, read
     /// from the applied topic, with the store filling in what the compactor
     /// archived and truncated meanwhile (the `prev` chain shows a gap).
-    async fn from_topic(
+    async fn topic_history(
         &self,
         doc: &str,
         from: u64,

@@ -65,7 +65,11 @@ struct Loc {
 }
 
 /// A record not seen yet while replaying (never left once replay ends).
-const MISSING: Loc = Loc { seg: u32::MAX, pos: 0, len: 0 };
+const MISSING: Loc = Loc {
+    seg: u32::MAX,
+    pos: 0,
+    len: 0,
+};
 
 /// A partition's records in memory: where each retained one is, and the
 /// newest ones themselves.
@@ -85,7 +89,9 @@ impl PartData {
         self.tail_bytes += record.key.len() + record.value.len();
         self.tail.push_back(record);
         while self.tail_bytes > TAIL_BYTES {
-            let Some(r) = self.tail.pop_front() else { break };
+            let Some(r) = self.tail.pop_front() else {
+                break;
+            };
             self.tail_bytes -= r.key.len() + r.value.len();
         }
     }
@@ -101,7 +107,7 @@ impl PartData {
     }
 
     /// Records `from..end` if the tail holds them all.
-    fn from_tail(&self, from: u64, end: u64) -> Option<Vec<Record>> {
+    fn tail_range(&self, from: u64, end: u64) -> Option<Vec<Record>> {
         let first = self.tail.front()?.offset;
         if from < first || end > first + self.tail.len() as u64 {
             return None;
@@ -222,14 +228,21 @@ fn corrupt(seg: u32, pos: u64, what: impl std::fmt::Display) -> LogError {
 
 impl Replay {
     fn part(&mut self, seg: u32, pos: u64, topic: &str, p: Partition) -> Result<&mut Recovered> {
-        self.parts
-            .get_mut(&(topic.to_owned(), p))
-            .ok_or_else(|| corrupt(seg, pos, format!("{topic}/{p} appears before any checkpoint lists it")))
+        self.parts.get_mut(&(topic.to_owned(), p)).ok_or_else(|| {
+            corrupt(
+                seg,
+                pos,
+                format!("{topic}/{p} appears before any checkpoint lists it"),
+            )
+        })
     }
 
     fn apply(&mut self, seg: u32, f: &segments::Frame) -> Result<()> {
         let bad = |_| corrupt(seg, f.pos, "malformed frame");
-        let mut b = Body { bytes: &f.body, at: 1 };
+        let mut b = Body {
+            bytes: &f.body,
+            at: 1,
+        };
         match f.kind {
             segments::CHECKPOINT => {
                 let n = b.u32().map_err(bad)?;
@@ -278,15 +291,26 @@ impl Replay {
                 let count = b.u32().map_err(bad)?;
                 let r = self.part(seg, f.pos, &topic, p)?;
                 if first != r.next {
-                    return Err(corrupt(seg, f.pos, format!("{topic}/{p}: append at {first}, expected {}", r.next)));
+                    return Err(corrupt(
+                        seg,
+                        f.pos,
+                        format!("{topic}/{p}: append at {first}, expected {}", r.next),
+                    ));
                 }
                 for _ in 0..count {
                     let (at, len) = b.skip_record().map_err(bad)?;
-                    r.index.push_back(Loc { seg, pos: f.pos + segments::HEADER as u64 + at as u64, len });
+                    r.index.push_back(Loc {
+                        seg,
+                        pos: f.pos + segments::HEADER as u64 + at as u64,
+                        len,
+                    });
                 }
                 r.next += count as u64;
                 let end = r.next;
-                self.seg_ends.entry(seg).or_default().insert((topic, p), end);
+                self.seg_ends
+                    .entry(seg)
+                    .or_default()
+                    .insert((topic, p), end);
             }
             segments::RELOCATE => {
                 let topic = b.str().map_err(bad)?.to_owned();
@@ -297,7 +321,11 @@ impl Replay {
                 for _ in 0..count {
                     let offset = b.u64().map_err(bad)?;
                     let (at, len) = b.skip_record().map_err(bad)?;
-                    let loc = Loc { seg, pos: f.pos + segments::HEADER as u64 + at as u64, len };
+                    let loc = Loc {
+                        seg,
+                        pos: f.pos + segments::HEADER as u64 + at as u64,
+                        len,
+                    };
                     if offset < r.start || offset >= r.next {
                         continue;
                     }
@@ -310,7 +338,12 @@ impl Replay {
                     r.index[(offset - r.first) as usize] = loc;
                     end = end.max(offset + 1);
                 }
-                let e = self.seg_ends.entry(seg).or_default().entry((topic, p)).or_default();
+                let e = self
+                    .seg_ends
+                    .entry(seg)
+                    .or_default()
+                    .entry((topic, p))
+                    .or_default();
                 *e = (*e).max(end);
             }
             segments::COMMIT => {
@@ -379,9 +412,12 @@ fn replay(dir: &Path, ids: &[u32]) -> Result<Replay> {
                 rec.first, rec.start
             )));
         }
-        if rec.first + rec.index.len() as u64 != rec.next || rec.index.iter().any(|l| l.seg == MISSING.seg) {
+        if rec.first + rec.index.len() as u64 != rec.next
+            || rec.index.iter().any(|l| l.seg == MISSING.seg)
+        {
             return Err(LogError::Storage(
-                "log segments do not hold every record from the log start on: a segment is missing".into(),
+                "log segments do not hold every record from the log start on: a segment is missing"
+                    .into(),
             ));
         }
     }
@@ -413,7 +449,12 @@ impl EmbeddedLog {
                     for p in 0..*count {
                         replay.parts.insert(
                             (topic.clone(), p),
-                            Recovered { next: 0, start: 0, first: 0, index: VecDeque::new() },
+                            Recovered {
+                                next: 0,
+                                start: 0,
+                                first: 0,
+                                index: VecDeque::new(),
+                            },
                         );
                     }
                 }
@@ -433,7 +474,10 @@ impl EmbeddedLog {
         for (topic, count) in &replay.topics {
             let mut states = Vec::new();
             for p in 0..*count {
-                let r = replay.parts.remove(&(topic.clone(), p)).expect("every partition recovered");
+                let r = replay
+                    .parts
+                    .remove(&(topic.clone(), p))
+                    .expect("every partition recovered");
                 offsets.insert((topic.clone(), p), (r.next, r.start));
                 states.push(PartState {
                     hw: watch::channel(r.next).0,
@@ -554,6 +598,18 @@ impl EmbeddedLog {
         records: Vec<(String, Vec<u8>)>,
     ) -> Result<oneshot::Receiver<Result<Offset>>> {
         self.part(topic, partition)?;
+        // One batch is one frame; replay would take a larger one for the
+        // end of the segment.
+        let bytes: u64 = records
+            .iter()
+            .map(|(k, v)| 8 + k.len() as u64 + v.len() as u64)
+            .sum();
+        if bytes + (64 << 10) > segments::MAX_BODY as u64 {
+            return Err(LogError::Storage(format!(
+                "a batch of {bytes} bytes is larger than a log frame may be ({} bytes)",
+                segments::MAX_BODY
+            )));
+        }
         self.send(|reply| WriteReq::Append {
             topic: topic.into(),
             partition,
@@ -621,9 +677,13 @@ fn read_records(planned: &[(Loc, Arc<File>)], from: Offset) -> Result<Vec<Record
         file.read_exact_at(&mut buf, first.pos).map_err(storage)?;
         for (k, (l, _)) in planned.iter().enumerate().take(j).skip(i) {
             let a = (l.pos - first.pos) as usize;
-            let (key, value) = segments::parse_record(&buf[a..a + l.len as usize]).map_err(|_| {
-                storage(format!("log segment {} at byte {}: unreadable record", l.seg, l.pos))
-            })?;
+            let (key, value) =
+                segments::parse_record(&buf[a..a + l.len as usize]).map_err(|_| {
+                    storage(format!(
+                        "log segment {} at byte {}: unreadable record",
+                        l.seg, l.pos
+                    ))
+                })?;
             out.push(Record {
                 offset: from + k as u64,
                 key,
@@ -747,7 +807,8 @@ impl Writer {
     }
 
     fn fail(&mut self, inner: &Inner, e: impl std::fmt::Display) -> String {
-        let msg = format!("log write failed ({e}); the log takes no more writes: restart the process");
+        let msg =
+            format!("log write failed ({e}); the log takes no more writes: restart the process");
         tracing::error!(error = %e, "log write failed; refusing further writes");
         inner.broken.store(true, Ordering::Release);
         self.failed = Some(msg.clone());
@@ -794,13 +855,15 @@ impl Writer {
                     let pkey = (topic.clone(), partition, producer);
                     let outcome = match self.producers.get(&pkey).copied() {
                         Some((s, c, off)) if s == first_seq && c == n => Ok(Some(off)),
-                        Some((s, c, _)) if first_seq != s + c => Err(LogError::OutOfOrderSequence {
-                            topic: topic.clone(),
-                            partition,
-                            producer: pkey.2.clone(),
-                            expected: s + c,
-                            got: first_seq,
-                        }),
+                        Some((s, c, _)) if first_seq != s + c => {
+                            Err(LogError::OutOfOrderSequence {
+                                topic: topic.clone(),
+                                partition,
+                                producer: pkey.2.clone(),
+                                expected: s + c,
+                                got: first_seq,
+                            })
+                        }
                         None if first_seq != 0 => Err(LogError::OutOfOrderSequence {
                             topic: topic.clone(),
                             partition,
@@ -852,7 +915,8 @@ impl Writer {
                     self.frames.u32(partition);
                     self.frames.u64(next);
                     self.frames.finish();
-                    self.groups.insert((group.clone(), topic.clone(), partition), next);
+                    self.groups
+                        .insert((group.clone(), topic.clone(), partition), next);
                     effects.push(Effect::Committed((group, topic, partition), next));
                     replies.push(after_commit(reply, Ok(())));
                 }
@@ -914,13 +978,22 @@ impl Writer {
                     let end = first + records.len() as u64;
                     {
                         let mut d = part.data.lock().expect("not poisoned");
-                        for (i, ((pos, len), (key, value))) in at.into_iter().zip(records).enumerate() {
+                        for (i, ((pos, len), (key, value))) in
+                            at.into_iter().zip(records).enumerate()
+                        {
                             let loc = Loc {
                                 seg: self.seg,
                                 pos: base + pos as u64,
                                 len,
                             };
-                            d.push(loc, Record { offset: first + i as u64, key, value });
+                            d.push(
+                                loc,
+                                Record {
+                                    offset: first + i as u64,
+                                    key,
+                                    value,
+                                },
+                            );
                         }
                     }
                     part.hw.send_replace(end);
@@ -985,9 +1058,15 @@ impl Writer {
         file.write_all_at(&self.frames.buf, 0).map_err(storage)?;
         file.sync_data().map_err(storage)?;
         // The new file's name must survive a crash too.
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(storage)?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(storage)?;
         let file = Arc::new(file);
-        inner.files.write().expect("not poisoned").insert(id, file.clone());
+        inner
+            .files
+            .write()
+            .expect("not poisoned")
+            .insert(id, file.clone());
         self.seg = id;
         self.file = Some(file);
         self.pos = self.frames.buf.len() as u64;
@@ -1003,7 +1082,10 @@ impl Writer {
     fn live(&self, inner: &Inner, seg: u32) -> Vec<(String, Partition, Offset, Loc)> {
         let mut live = Vec::new();
         for ((topic, p), end) in self.seg_ends.get(&seg).into_iter().flatten() {
-            let d = inner.topics[topic][*p as usize].data.lock().expect("not poisoned");
+            let d = inner.topics[topic][*p as usize]
+                .data
+                .lock()
+                .expect("not poisoned");
             let stop = (*end).min(d.first + d.index.len() as u64);
             for o in d.first..stop {
                 let loc = d.index[(o - d.first) as usize];
@@ -1017,11 +1099,18 @@ impl Writer {
 
     /// Whether any record in segment `seg` is live.
     fn has_live(&self, inner: &Inner, seg: u32) -> bool {
-        self.seg_ends.get(&seg).into_iter().flatten().any(|((topic, p), end)| {
-            let d = inner.topics[topic][*p as usize].data.lock().expect("not poisoned");
-            let stop = (*end).min(d.first + d.index.len() as u64);
-            (d.first..stop).any(|o| d.index[(o - d.first) as usize].seg == seg)
-        })
+        self.seg_ends
+            .get(&seg)
+            .into_iter()
+            .flatten()
+            .any(|((topic, p), end)| {
+                let d = inner.topics[topic][*p as usize]
+                    .data
+                    .lock()
+                    .expect("not poisoned");
+                let stop = (*end).min(d.first + d.index.len() as u64);
+                (d.first..stop).any(|o| d.index[(o - d.first) as usize].seg == seg)
+            })
     }
 
     /// Writes the oldest segment's live records again, into the current
@@ -1050,7 +1139,13 @@ impl Writer {
         if live.is_empty() {
             return Ok(());
         }
-        let Some(old) = inner.files.read().expect("not poisoned").get(&oldest).cloned() else {
+        let Some(old) = inner
+            .files
+            .read()
+            .expect("not poisoned")
+            .get(&oldest)
+            .cloned()
+        else {
             return Ok(());
         };
         let mut by_part: BTreeMap<(String, Partition), Vec<(Offset, Loc)>> = BTreeMap::new();
@@ -1068,8 +1163,12 @@ impl Writer {
             for (o, l) in recs {
                 let mut buf = vec![0u8; l.len as usize];
                 old.read_exact_at(&mut buf, l.pos).map_err(storage)?;
-                let (key, value) = segments::parse_record(&buf)
-                    .map_err(|_| storage(format!("log segment {oldest} at byte {}: unreadable record", l.pos)))?;
+                let (key, value) = segments::parse_record(&buf).map_err(|_| {
+                    storage(format!(
+                        "log segment {oldest} at byte {}: unreadable record",
+                        l.pos
+                    ))
+                })?;
                 self.frames.u64(*o);
                 let (at, len) = self.frames.record(&key, &value);
                 moved.push((topic.clone(), *p, *o, at, len));
@@ -1083,7 +1182,10 @@ impl Writer {
             .map_err(storage)?;
         self.pos += self.frames.buf.len() as u64;
         for (topic, p, o, at, len) in moved {
-            let mut d = inner.topics[&topic][p as usize].data.lock().expect("not poisoned");
+            let mut d = inner.topics[&topic][p as usize]
+                .data
+                .lock()
+                .expect("not poisoned");
             if o >= d.first && o < d.first + d.index.len() as u64 {
                 let i = (o - d.first) as usize;
                 d.index[i] = Loc {
@@ -1093,10 +1195,19 @@ impl Writer {
                 };
             }
             drop(d);
-            let e = self.seg_ends.entry(self.seg).or_default().entry((topic, p)).or_default();
+            let e = self
+                .seg_ends
+                .entry(self.seg)
+                .or_default()
+                .entry((topic, p))
+                .or_default();
             *e = (*e).max(o + 1);
         }
-        tracing::debug!(segment = oldest, bytes, "log: live records of the oldest segment written again");
+        tracing::debug!(
+            segment = oldest,
+            bytes,
+            "log: live records of the oldest segment written again"
+        );
         Ok(())
     }
 
@@ -1196,7 +1307,7 @@ impl OpLog for EmbeddedLog {
         // reader never holds up an async worker.
         let planned = {
             let d = part.data.lock().expect("not poisoned");
-            if let Some(records) = d.from_tail(from, end) {
+            if let Some(records) = d.tail_range(from, end) {
                 return Ok(records);
             }
             if from < d.first {
@@ -1293,4 +1404,3 @@ impl OpLog for EmbeddedLog {
         Ok(())
     }
 }
-

@@ -31,8 +31,17 @@ fn storage(e: impl std::fmt::Display) -> LogError {
 pub(crate) fn from_redb(dir: &Path) -> Result<()> {
     let old = dir.join("log.redb");
     let done = dir.join("log.redb.migrated");
-    if !segments::list(dir).map_err(storage)?.is_empty() {
-        // A migration that stopped after writing the segment: finish it.
+    let existing = segments::list(dir).map_err(storage)?;
+    if !existing.is_empty() {
+        // A migration that stopped after writing its segment: finish it.
+        // Anything else (a log.redb written again by an older version
+        // beside segment files) is not guessed at.
+        if existing != [1] || done.exists() {
+            return Err(storage(format!(
+                "{} holds both log.redb and segment files: move log.redb away (the segment files are the log)",
+                dir.display()
+            )));
+        }
         std::fs::rename(&old, &done).map_err(storage)?;
         return Ok(());
     }
@@ -50,7 +59,12 @@ pub(crate) fn from_redb(dir: &Path) -> Result<()> {
         parts.push(v.value());
     }
     let mut groups = Vec::new();
-    for item in r.open_table(GROUPS).map_err(storage)?.iter().map_err(storage)? {
+    for item in r
+        .open_table(GROUPS)
+        .map_err(storage)?
+        .iter()
+        .map_err(storage)?
+    {
         let (k, v) = item.map_err(storage)?;
         let (g, t, p) = k.value();
         groups.push((g.to_owned(), t.to_owned(), p, v.value()));
@@ -120,13 +134,20 @@ pub(crate) fn from_redb(dir: &Path) -> Result<()> {
     let file = out.into_inner().map_err(storage)?;
     file.sync_all().map_err(storage)?;
     std::fs::rename(&tmp, segments::segment_path(dir, 1)).map_err(storage)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(storage)?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(storage)?;
     drop(records);
     drop(parts_t);
     drop(r);
     drop(db);
     std::fs::rename(&old, &done).map_err(storage)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(storage)?;
-    tracing::info!(records = migrated, "log.redb moved into segment files (kept as log.redb.migrated)");
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(storage)?;
+    tracing::info!(
+        records = migrated,
+        "log.redb moved into segment files (kept as log.redb.migrated)"
+    );
     Ok(())
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub(crate) const HEADER: usize = 16;
 /// Largest frame body accepted when reading (a corrupt length is not
 /// allocated).
-const MAX_BODY: u32 = 1 << 30;
+pub(crate) const MAX_BODY: u32 = 1 << 30;
 
 pub(crate) const CHECKPOINT: u8 = 1;
 pub(crate) const APPEND: u8 = 2;
@@ -118,11 +118,15 @@ impl<'a> Body<'a> {
     }
 
     pub fn u32(&mut self) -> Result<u32, Malformed> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     pub fn u64(&mut self) -> Result<u64, Malformed> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     pub fn str(&mut self) -> Result<&'a str, Malformed> {

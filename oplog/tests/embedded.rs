@@ -210,9 +210,12 @@ async fn truncated_segments_go_and_a_quiet_partitions_records_move() {
     let big = "x".repeat(256 << 10);
     {
         let log = EmbeddedLog::open(config(dir.path())).unwrap();
-        log.produce("t.ops", vec![rec(quiet, "q0"), rec(quiet, "q1"), rec(quiet, "q2")])
-            .await
-            .unwrap();
+        log.produce(
+            "t.ops",
+            vec![rec(quiet, "q0"), rec(quiet, "q1"), rec(quiet, "q2")],
+        )
+        .await
+        .unwrap();
         // ~80 MiB through the busy partition, truncated as it goes.
         for i in 0..320u64 {
             log.produce("t.ops", vec![rec(busy, &big)]).await.unwrap();
@@ -236,7 +239,10 @@ async fn truncated_segments_go_and_a_quiet_partitions_records_move() {
     assert_eq!(values, [b"q0".as_slice(), b"q1", b"q2"]);
     assert_eq!(log.log_start("t.ops", pb).await.unwrap(), 319);
     assert_eq!(log.high_watermark("t.ops", pb).await.unwrap(), 320);
-    let b = log.fetch("t.ops", pb, 319, 10, Duration::ZERO).await.unwrap();
+    let b = log
+        .fetch("t.ops", pb, 319, 10, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].value.len(), big.len());
 }
@@ -283,11 +289,17 @@ async fn a_redb_log_from_earlier_versions_is_migrated() {
             for topic in ["t.ops", "t.applied"] {
                 for p in 0..4u32 {
                     // Partition 2 of t.ops: offsets 3..7 left after truncation.
-                    let (next, start) = if topic == "t.ops" && p == 2 { (7, 3) } else { (0, 0) };
+                    let (next, start) = if topic == "t.ops" && p == 2 {
+                        (7, 3)
+                    } else {
+                        (0, 0)
+                    };
                     parts.insert((topic, p), (next, start)).unwrap();
                     for o in start..next {
                         let v = format!("r{o}");
-                        records.insert((topic, p, o), ("doc", v.as_bytes())).unwrap();
+                        records
+                            .insert((topic, p, o), ("doc", v.as_bytes()))
+                            .unwrap();
                     }
                 }
             }
@@ -317,6 +329,16 @@ async fn a_redb_log_from_earlier_versions_is_migrated() {
             .await
             .unwrap(),
         7
+    );
+    drop(log);
+    // A log.redb appearing beside segment files again (an older version
+    // run on the folder) is refused, not migrated over the log.
+    drop(redb::Database::create(dir.path().join("log.redb")).unwrap());
+    let err = EmbeddedLog::open(config(dir.path())).err();
+    assert!(
+        matches!(&err, Some(LogError::Storage(m)) if m.contains("move log.redb away")),
+        "{:?}",
+        err.map(|e| e.to_string())
     );
 }
 
@@ -365,15 +387,28 @@ async fn reopens_truncations_and_rolls_keep_every_live_record() {
         }
         for (p, (start, values)) in model.iter().enumerate() {
             let p = p as u32;
-            assert_eq!(log.log_start("t.ops", p).await.unwrap(), *start, "step {step}");
-            assert_eq!(log.high_watermark("t.ops", p).await.unwrap(), values.len() as u64);
+            assert_eq!(
+                log.log_start("t.ops", p).await.unwrap(),
+                *start,
+                "step {step}"
+            );
+            assert_eq!(
+                log.high_watermark("t.ops", p).await.unwrap(),
+                values.len() as u64
+            );
             let got = log
                 .fetch("t.ops", p, *start, 1000, Duration::ZERO)
                 .await
                 .unwrap();
             let got: Vec<&[u8]> = got.iter().map(|r| r.value.as_slice()).collect();
-            let want: Vec<&[u8]> = values[*start as usize..].iter().map(|v| v.as_bytes()).collect();
-            assert!(got == want, "step {step}: partition {p} differs from the model");
+            let want: Vec<&[u8]> = values[*start as usize..]
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            assert!(
+                got == want,
+                "step {step}: partition {p} differs from the model"
+            );
         }
     }
 }
