@@ -10,10 +10,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use document::{load, DocCache, DocState, LoadError, Sources, Topics, WindowPolicy};
+use document::{load, DocCache, LoadError, Sources, Topics, WindowPolicy};
 use oplog::{LogError, Offset, OpLog, Partition};
 use prometheus::{IntCounter, Registry};
-use protocol::{decode_out_record, OutRecord};
+use protocol::{decode_out_record, AppliedRecord, OutRecord};
 use store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -151,10 +151,17 @@ struct Worker {
     log: Arc<dyn OpLog>,
     store: Arc<dyn Store>,
     metrics: Metrics,
-    /// Documents; each knows how many ops it has had since its latest
-    /// snapshot (rebuilt from the store on reload, so eviction and restarts
-    /// never postpone a snapshot).
-    docs: DocCache<DocState>,
+    /// Documents' versions and how many ops each has had since its
+    /// latest snapshot (rebuilt from the store on reload, so eviction and
+    /// restarts never postpone a snapshot). No text: a document is rebuilt
+    /// when its snapshot is due, so the compactor's memory does not grow
+    /// with the documents' size.
+    docs: DocCache<Progress>,
+}
+
+struct Progress {
+    version: u64,
+    since_snapshot: u64,
 }
 
 impl Worker {
@@ -207,7 +214,7 @@ impl Worker {
             match decode_out_record(&rec.value) {
                 Ok(OutRecord::Applied(a)) => {
                     first_offset.entry(a.doc.clone()).or_insert(rec.offset);
-                    applied.push(a);
+                    applied.push((rec.offset, a));
                 }
                 Ok(OutRecord::Rejected(_)) => {}
                 Err(e) => {
@@ -219,40 +226,69 @@ impl Worker {
             }
         }
         // History first: a snapshot never refers to ops the archive lacks.
-        self.store.put_history(&applied).await?;
+        let records: Vec<AppliedRecord> = applied.iter().map(|(_, a)| a.clone()).collect();
+        self.store.put_history(&records).await?;
+        drop(records);
         self.metrics.archived.inc_by(applied.len() as u64);
-        for a in applied {
+        for (offset, a) in applied {
             if !self.docs.contains(&a.doc) {
-                let sources = Sources {
-                    log: self.log.as_ref(),
-                    store: self.store.as_ref(),
-                    topics: &self.config.topics,
-                    // The compactor transforms nothing: no window.
-                    window: WindowPolicy::NONE,
-                };
                 // The state just before this record (`at: prev`): the
                 // history written above already holds this batch, and the
-                // snapshot decision must see each record in turn.
-                let state = load(sources, &a.doc, Some(first_offset[&a.doc]), Some(a.prev)).await?;
-                self.docs.insert(a.doc.clone(), state, |_, _| false);
+                // snapshot decision must see each record in turn. Only its
+                // version and count of ops since the latest snapshot are
+                // kept; the text is rebuilt when a snapshot is due.
+                let state = load(
+                    self.sources(),
+                    &a.doc,
+                    Some(first_offset[&a.doc]),
+                    Some(a.prev),
+                )
+                .await?;
+                let progress = Progress {
+                    version: state.version,
+                    since_snapshot: state.since_snapshot,
+                };
+                self.docs.insert(a.doc.clone(), progress, |_, _| false);
             }
-            let state = self.docs.get_mut(&a.doc).expect("loaded above");
-            if a.seq <= state.version {
+            let p = self.docs.get_mut(&a.doc).expect("loaded above");
+            if a.seq <= p.version {
                 continue;
             }
-            if let Err(e) = state.apply_record(&a) {
-                tracing::error!(error = %e, "compactor state diverged; reloading the document");
+            if a.prev != p.version {
+                tracing::error!(doc = %a.doc, seq = a.seq, prev = a.prev, version = p.version, "applied record does not follow the compactor's version; reloading the document");
                 self.docs.remove(&a.doc);
                 continue;
             }
-            state.drop_window(self.config.window.max_ops);
-            if state.since_snapshot >= self.config.snapshot_every {
+            p.version = a.seq;
+            p.since_snapshot += 1;
+            if p.since_snapshot >= self.config.snapshot_every {
+                // The document at this record: the latest snapshot, the
+                // history after it (archived above) and the topic up to it.
+                let mut state = load(self.sources(), &a.doc, Some(offset + 1), Some(a.seq)).await?;
+                if state.version != a.seq {
+                    tracing::error!(doc = %a.doc, seq = a.seq, version = state.version, "could not rebuild the document at a record; reloading it");
+                    self.docs.remove(&a.doc);
+                    continue;
+                }
+                state.drop_window(self.config.window.max_ops);
                 self.store.put_snapshot(&state.snapshot()).await?;
                 self.metrics.snapshots.inc();
-                state.since_snapshot = 0;
+                if let Some(p) = self.docs.get_mut(&a.doc) {
+                    p.since_snapshot = 0;
+                }
             }
         }
         Ok(())
+    }
+
+    fn sources(&self) -> Sources<'_> {
+        Sources {
+            log: self.log.as_ref(),
+            store: self.store.as_ref(),
+            topics: &self.config.topics,
+            // The compactor transforms nothing: no window.
+            window: WindowPolicy::NONE,
+        }
     }
 
     /// DeleteRecords on both topics, below what every reader still needs.

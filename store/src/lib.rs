@@ -20,8 +20,11 @@ use std::sync::Arc;
 use protocol::{decode_out_record, AppliedRecord, OutRecord, Snapshot};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-/// Page cache of the redb file (redb's default is 1 GiB).
-const CACHE_BYTES: usize = 64 << 20;
+/// Page cache of the redb file (redb's default is 1 GiB). Small: the store
+/// is mostly written (history, snapshots) and read when a document loads,
+/// and the kernel's page cache holds the file anyway; at 64 MiB it filled
+/// with freshly written history (benches/README.md: memory).
+const CACHE_BYTES: usize = 8 << 20;
 
 /// `(doc, seq) -> applied record (JSON, as on the topic)`
 const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
