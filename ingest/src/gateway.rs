@@ -67,8 +67,10 @@ pub(crate) fn overloaded(what: &str) -> ProtoError {
     )
 }
 
-/// Bytes read from a WebSocket per read call.
-const READ_BUFFER: usize = 8 << 10;
+/// Bytes read from a WebSocket per read call. Every connection holds one
+/// such buffer while it lives: editors' frames are small, a large frame
+/// takes a few more reads (benches/README.md: memory per idle editor).
+const READ_BUFFER: usize = 2 << 10;
 
 /// Maximum page of `GET …/ops`.
 pub const MAX_PAGE: usize = 2000;
