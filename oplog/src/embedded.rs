@@ -277,11 +277,8 @@ impl Replay {
                 let n = b.u32().map_err(bad)?;
                 self.groups.clear();
                 for _ in 0..n {
-                    let group = b.str().map_err(bad)?.to_owned();
-                    let topic = b.str().map_err(bad)?.to_owned();
-                    let p = b.u32().map_err(bad)?;
-                    let next = b.u64().map_err(bad)?;
-                    self.groups.insert((group, topic, p), next);
+                    let (key, next) = b.position().map_err(bad)?;
+                    self.groups.insert(key, next);
                 }
             }
             segments::APPEND => {
@@ -347,11 +344,8 @@ impl Replay {
                 *e = (*e).max(end);
             }
             segments::COMMIT => {
-                let group = b.str().map_err(bad)?.to_owned();
-                let topic = b.str().map_err(bad)?.to_owned();
-                let p = b.u32().map_err(bad)?;
-                let next = b.u64().map_err(bad)?;
-                self.groups.insert((group, topic, p), next);
+                let (key, next) = b.position().map_err(bad)?;
+                self.groups.insert(key, next);
             }
             segments::DELETE => {
                 let topic = b.str().map_err(bad)?.to_owned();
@@ -910,10 +904,7 @@ impl Writer {
                 } => {
                     self.frames.begin(self.lsn, segments::COMMIT);
                     self.lsn += 1;
-                    self.frames.str(&group);
-                    self.frames.str(&topic);
-                    self.frames.u32(partition);
-                    self.frames.u64(next);
+                    self.frames.position(&group, &topic, partition, next);
                     self.frames.finish();
                     self.groups
                         .insert((group.clone(), topic.clone(), partition), next);
@@ -1031,10 +1022,7 @@ impl Writer {
         }
         self.frames.u32(self.groups.len() as u32);
         for ((group, topic, p), next) in &self.groups {
-            self.frames.str(group);
-            self.frames.str(topic);
-            self.frames.u32(*p);
-            self.frames.u64(*next);
+            self.frames.position(group, topic, *p, *next);
         }
         self.frames.finish();
     }

@@ -88,10 +88,7 @@ pub(crate) fn from_redb(dir: &Path) -> Result<()> {
     }
     f.u32(groups.len() as u32);
     for (g, t, p, next) in &groups {
-        f.str(g);
-        f.str(t);
-        f.u32(*p);
-        f.u64(*next);
+        f.position(g, t, *p, *next);
     }
     f.finish();
     let records = r.open_table(RECORDS).map_err(storage)?;

@@ -88,6 +88,14 @@ impl FrameBuf {
         self.buf.extend_from_slice(s.as_bytes());
     }
 
+    /// A consumer position, as checkpoints and commit frames hold it.
+    pub fn position(&mut self, group: &str, topic: &str, partition: u32, next: u64) {
+        self.str(group);
+        self.str(topic);
+        self.u32(partition);
+        self.u64(next);
+    }
+
     /// One record of an append or relocate frame; returns its position in
     /// the buffer and its length (what a reader reads back).
     pub fn record(&mut self, key: &str, value: &[u8]) -> (usize, u32) {
@@ -132,6 +140,14 @@ impl<'a> Body<'a> {
     pub fn str(&mut self) -> Result<&'a str, Malformed> {
         let n = self.u32()? as usize;
         std::str::from_utf8(self.take(n)?).map_err(|_| Malformed)
+    }
+
+    /// A consumer position written by [`FrameBuf::position`].
+    pub fn position(&mut self) -> Result<((String, String, u32), u64), Malformed> {
+        let group = self.str()?.to_owned();
+        let topic = self.str()?.to_owned();
+        let partition = self.u32()?;
+        Ok(((group, topic, partition), self.u64()?))
     }
 
     /// A record's key and value lengths, skipping its bytes; returns where
