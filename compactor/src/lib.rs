@@ -175,8 +175,8 @@ impl Worker {
             .unwrap_or(0)
             .max(start);
         let mut last_truncate = Instant::now();
-        // When the last write was not a full batch (the partition is at its
-        // tail), wait out `archive_every` before reading again.
+        // When the last batch reached the partition's end, wait out
+        // `archive_every` before reading again.
         let mut rest_until: Option<tokio::time::Instant> = None;
         loop {
             if let Some(until) = rest_until.take() {
@@ -190,10 +190,14 @@ impl Worker {
                 b = self.log.fetch(&topics.applied, self.p, pos, ARCHIVE_BATCH, Duration::from_millis(500)) => b?,
             };
             if !batch.is_empty() {
-                if batch.len() < ARCHIVE_BATCH {
+                let next = batch.last().map_or(pos, |r| r.offset + 1);
+                // At the tail (a broker's fetch may also come back short
+                // while far behind: that one does not rest).
+                if batch.len() < ARCHIVE_BATCH
+                    && next >= self.log.high_watermark(&topics.applied, self.p).await?
+                {
                     rest_until = Some(tokio::time::Instant::now() + self.config.archive_every);
                 }
-                let next = batch.last().map_or(pos, |r| r.offset + 1);
                 self.compact(batch).await?;
                 self.log
                     .commit(&topics.compactor_group, &topics.applied, self.p, next)

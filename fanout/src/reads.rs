@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use document::load;
+use document::{load, LoadError};
 use oplog::{partition_for, LogError};
 use protocol::{decode_out_record, AppliedRecord, OutRecord};
 
@@ -24,7 +24,8 @@ impl Fanout {
     }
 
     /// Applied records with `seq > after`, oldest first, at most `limit`:
-    /// the archive first, then the window of the document in memory.
+    /// the archive first, then the window of the document in memory (or,
+    /// when the archive lags the window, the applied topic).
     pub async fn history(
         &self,
         doc: &str,
@@ -52,9 +53,12 @@ impl Fanout {
         Ok(out)
     }
 
-    /// Up to `want` applied records of `doc` after version `from`, read
-    /// from the applied topic, with the store filling in what the compactor
-    /// archived and truncated meanwhile (the `prev` chain shows a gap).
+    /// Up to `want` applied records of `doc` with `seq > from`, when the
+    /// archive lags the window: as `load` reads a document, the compactor's
+    /// position first, then the archive (everything below that position),
+    /// then the applied topic from that position; again if truncation
+    /// passed the position meanwhile. The scan covers only the compactor's
+    /// lag, not the partition.
     async fn topic_history(
         &self,
         doc: &str,
@@ -62,22 +66,24 @@ impl Fanout {
         want: usize,
     ) -> Result<Vec<AppliedRecord>, FanoutError> {
         let log = self.inner.log.as_ref();
-        let topic = self.inner.config.topics.applied.as_str();
+        let topics = &self.inner.config.topics;
+        let topic = topics.applied.as_str();
         let p = partition_for(doc, log.partitions(topic)?);
-        let mut out: Vec<AppliedRecord> = Vec::new();
-        // Each round either ends or moves on through the archive.
         for _ in 0..20 {
-            let last = out.last().map_or(from, |r| r.seq);
-            let mut pos = log.log_start(topic, p).await?;
+            let compacted = log
+                .committed(&topics.compactor_group, topic, p)
+                .await?
+                .unwrap_or(0);
+            let mut out = self.inner.store.history(doc, from, want).await?;
             let end = log.high_watermark(topic, p).await?;
-            let mut gap = false;
+            let mut pos = compacted.max(log.log_start(topic, p).await?);
+            let mut overtaken = false;
             'scan: while pos < end && out.len() < want {
                 let batch = match log.fetch(topic, p, pos, 1000, Duration::ZERO).await {
                     Ok(b) if b.is_empty() => break,
                     Ok(b) => b,
-                    // Truncated under the scan: those records are archived.
                     Err(LogError::OffsetOutOfRange { .. }) => {
-                        gap = true;
+                        overtaken = true;
                         break;
                     }
                     Err(e) => return Err(e.into()),
@@ -87,36 +93,33 @@ impl Fanout {
                     if rec.key != doc {
                         continue;
                     }
-                    let Ok(OutRecord::Applied(a)) = decode_out_record(&rec.value) else {
-                        continue;
+                    let a = match decode_out_record(&rec.value) {
+                        Ok(OutRecord::Applied(a)) => a,
+                        Ok(OutRecord::Rejected(_)) => continue,
+                        Err(e) => {
+                            return Err(LoadError::BadRecord {
+                                doc: doc.into(),
+                                offset: rec.offset,
+                                reason: e.to_string(),
+                            }
+                            .into())
+                        }
                     };
-                    let tip = out.last().map_or(last, |r| r.seq);
-                    if a.seq <= tip {
-                        continue;
-                    }
-                    if a.prev != tip {
-                        gap = true;
-                        break 'scan;
-                    }
-                    out.push(a);
-                    if out.len() == want {
-                        break 'scan;
+                    if a.seq > out.last().map_or(from, |r| r.seq) {
+                        out.push(a);
+                        if out.len() == want {
+                            break 'scan;
+                        }
                     }
                 }
             }
-            if !gap {
-                return Ok(out);
+            // Records between the position read above and the log's start
+            // now were archived after the store was read: start again.
+            if overtaken || log.log_start(topic, p).await? > compacted {
+                continue;
             }
-            let tip = out.last().map_or(from, |r| r.seq);
-            let archived = self.inner.store.history(doc, tip, want - out.len()).await?;
-            if archived.is_empty() {
-                return Ok(out);
-            }
-            out.extend(archived);
-            if out.len() >= want {
-                return Ok(out);
-            }
+            return Ok(out);
         }
-        Ok(out)
+        Err(FanoutError::Busy { doc: doc.into() })
     }
 }

@@ -342,7 +342,7 @@ async fn a_redb_log_from_earlier_versions_is_migrated() {
     );
 }
 
-/// A seeded run of appends, truncations, consumer commits and reopens
+/// A seeded run of appends, truncations and reopens
 /// (big records, so segments roll, move and go): after every step the log
 /// holds exactly the model's records from each partition's start on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
