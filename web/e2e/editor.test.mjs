@@ -178,6 +178,8 @@ test("the history slider shows an earlier version and who made it", async () => 
   await converged(quire.url, doc, [a]);
   await a.click("#history-toggle");
   await a.waitForFunction(() => document.getElementById("history-slider").max === "3");
+  // The newest version's text arrives after the slider is set up.
+  await a.waitForFunction(() => document.getElementById("history-info").textContent.includes("change 3 of 3"));
   assert.match(await a.textContent("#history-text"), /first draft and a second thought!/);
   await a.locator("#history-slider").fill("1");
   await a.waitForFunction(() => document.getElementById("history-info").textContent.includes("change 1 of 3"));
