@@ -24,7 +24,9 @@ use oplog::{EmbeddedLog, EmbeddedLogConfig, OpLog};
 
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..].split(' ').collect();
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split(' ')
+        .collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     // CLK_TCK is 100 on Linux.
     ticks / 100.0
@@ -45,7 +47,11 @@ fn measure(f: impl FnOnce()) -> Run {
 }
 
 fn record(i: usize) -> Vec<u8> {
-    let mut v = format!("{{\"v\":1,\"doc\":\"doc-{}\",\"seq\":{i},\"op\":[\"", i % 50).into_bytes();
+    let mut v = format!(
+        "{{\"v\":1,\"doc\":\"doc-{}\",\"seq\":{i},\"op\":[\"",
+        i % 50
+    )
+    .into_bytes();
     v.resize(296, b'x');
     v.extend_from_slice(b"\"]}\n");
     v
@@ -125,7 +131,10 @@ fn main() {
         std::process::exit(2)
     };
     let dir = PathBuf::from(args.get(1).unwrap_or_else(|| usage()));
-    let records: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or_else(|| usage());
+    let records: usize = args
+        .get(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| usage());
     let batch: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
     let commits = records / batch;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -135,7 +144,14 @@ fn main() {
     println!("{commits} durable commits of {batch} record(s) of 300 bytes, one after another:\n");
     println!("| engine | commits/s | wall per commit | CPU per commit |");
     println!("|---|---|---|---|");
-    for (name, round) in [("segments", 0), ("redb", 0), ("fjall", 0), ("segments", 1), ("redb", 1), ("fjall", 1)] {
+    for (name, round) in [
+        ("segments", 0),
+        ("redb", 0),
+        ("fjall", 0),
+        ("segments", 1),
+        ("redb", 1),
+        ("fjall", 1),
+    ] {
         let d = dir.join(format!("{name}-{round}"));
         let _ = std::fs::remove_dir_all(&d);
         let run = match name {
