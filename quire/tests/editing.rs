@@ -470,3 +470,50 @@ fn the_binary_serves_the_browser_editor() {
     );
     assert!(script.contains("cm-content"), "the bundle has CodeMirror");
 }
+
+/// History pages while the archive lags a tiny window (the compactor
+/// archives in batches): the rest comes from the applied topic, and an
+/// `after` that falls between two of the document's versions (another
+/// document's op took the seq in between) pages on like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_while_the_archive_lags_the_window() {
+    let server = Server::start(&["--window-ops", "2", "--window-ms", "0"]);
+    // Two documents on one partition (8 by default): their seqs interleave.
+    let a = "lag-a";
+    let b = (0..1000)
+        .map(|i| format!("lag-b{i}"))
+        .find(|d| oplog::partition_for(d, 8) == oplog::partition_for(a, 8))
+        .unwrap();
+    let mut versions = Vec::new();
+    let mut base_b = 0;
+    for i in 1..=10u64 {
+        let base_a = versions.last().copied().unwrap_or(0);
+        let (status, rec) = server.post(
+            &format!("/v1/docs/{a}/ops"),
+            &format!(r#"{{"client":"ha","cseq":{i},"base":{base_a},"op":["a"]}}"#),
+        );
+        assert_eq!(status, 200, "{rec}");
+        versions.push(rec["seq"].as_u64().unwrap());
+        let (status, rec) = server.post(
+            &format!("/v1/docs/{b}/ops"),
+            &format!(r#"{{"client":"hb","cseq":{i},"base":{base_b},"op":["b"]}}"#),
+        );
+        assert_eq!(status, 200, "{rec}");
+        base_b = rec["seq"].as_u64().unwrap();
+    }
+    // At once, while the newest ops are likely not archived yet: from every
+    // version, and from just after it (not a version of this document).
+    for (k, v) in versions.iter().enumerate() {
+        for after in [*v, v + 1] {
+            let (status, page) = server.get(&format!("/v1/docs/{a}/ops?after={after}&limit=100"));
+            assert_eq!(status, 200, "{page}");
+            let got: Vec<u64> = page["ops"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["seq"].as_u64().unwrap())
+                .collect();
+            assert_eq!(got, versions[k + 1..], "{a}: ops after {after}");
+        }
+    }
+}
