@@ -11,5 +11,7 @@ mod load;
 mod state;
 
 pub use cache::DocCache;
-pub use load::{load, LoadError, Sources, Topics, COMPACTOR_GROUP, TRANSFORMER_GROUP};
+pub use load::{
+    load, records_after, LoadError, Sources, Topics, COMPACTOR_GROUP, TRANSFORMER_GROUP,
+};
 pub use state::{Dedup, DocError, DocState, WindowPolicy};

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use oplog::{partition_for, LogError, Offset, OpLog};
-use protocol::{decode_out_record, OutRecord};
+use protocol::{decode_out_record, AppliedRecord, OutRecord};
 use store::{Store, StoreError};
 
 use crate::{DocError, DocState, WindowPolicy};
@@ -227,4 +227,94 @@ async fn load_once(
     state.trim(src.window);
     state.prune_clients();
     Ok(state)
+}
+
+/// Up to `limit` applied records of `doc` with `seq > after`, oldest first,
+/// read the way [`load`] reads a document: the compactor's position first,
+/// then the store's history (everything below that position), then the
+/// applied topic from that position on; again when truncation passed the
+/// position meanwhile. The topic scan covers only what the compactor has
+/// not archived yet.
+pub async fn records_after(
+    src: Sources<'_>,
+    doc: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<AppliedRecord>, LoadError> {
+    let topic = src.topics.applied.as_str();
+    let partition = partition_for(doc, src.log.partitions(topic)?);
+    let mut compacted = 0;
+    for _ in 0..LOAD_ATTEMPTS {
+        compacted = src
+            .log
+            .committed(&src.topics.compactor_group, topic, partition)
+            .await?
+            .unwrap_or(0);
+        let mut out: Vec<AppliedRecord> = Vec::new();
+        while out.len() < limit {
+            let tip = out.last().map_or(after, |r| r.seq);
+            let page = src
+                .store
+                .history(doc, tip, PAGE.min(limit - out.len()))
+                .await?;
+            let full = page.len() == PAGE;
+            out.extend(page);
+            if !full {
+                break;
+            }
+        }
+        let end = src.log.high_watermark(topic, partition).await?;
+        let mut pos = compacted.max(src.log.log_start(topic, partition).await?);
+        let mut overtaken = false;
+        'scan: while pos < end && out.len() < limit {
+            let batch = match src
+                .log
+                .fetch(topic, partition, pos, PAGE, Duration::ZERO)
+                .await
+            {
+                Ok(b) if b.is_empty() => break,
+                Ok(b) => b,
+                Err(LogError::OffsetOutOfRange { .. }) => {
+                    overtaken = true;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            for rec in batch {
+                pos = rec.offset + 1;
+                if rec.key != doc {
+                    continue;
+                }
+                let a = match decode_out_record(&rec.value) {
+                    Ok(OutRecord::Applied(a)) => a,
+                    Ok(OutRecord::Rejected(_)) => continue,
+                    Err(e) => {
+                        return Err(LoadError::BadRecord {
+                            doc: doc.into(),
+                            offset: rec.offset,
+                            reason: e.to_string(),
+                        })
+                    }
+                };
+                // Past the archive, and not an answer written twice.
+                if a.seq > out.last().map_or(after, |r| r.seq) {
+                    out.push(a);
+                    if out.len() == limit {
+                        break 'scan;
+                    }
+                }
+            }
+        }
+        // Records between the position read above and the log's start now
+        // were archived after the store was read: start again.
+        let log_start = src.log.log_start(topic, partition).await?;
+        if !overtaken && log_start <= compacted {
+            return Ok(out);
+        }
+    }
+    Err(LoadError::Overtaken {
+        doc: doc.into(),
+        compacted,
+        log_start: src.log.log_start(topic, partition).await?,
+    })
 }

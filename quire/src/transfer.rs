@@ -8,11 +8,10 @@
 //! writes its own seqs and hash chain (seqs are log offsets of the target).
 
 use std::io::{BufRead, Write};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
-use document::Topics;
-use oplog::{partition_for, OpLog};
+use document::{records_after, Sources, Topics, WindowPolicy};
+use oplog::OpLog;
 use protocol::{
     decode_out_record, validate_doc_id, AppliedRecord, OutRecord, RawRecord, RECORD_VERSION,
 };
@@ -34,8 +33,6 @@ pub struct ExportHeader {
     pub text: String,
 }
 
-const PAGE: usize = 1000;
-
 /// The applied records of `doc` with `seq <= at`: the store's history, then
 /// the applied topic beyond what the compactor archived.
 pub async fn history(
@@ -45,43 +42,14 @@ pub async fn history(
     doc: &str,
     at: u64,
 ) -> anyhow::Result<Vec<AppliedRecord>> {
-    let topic = topics.applied.as_str();
-    let p = partition_for(doc, log.partitions(topic)?);
-    // The compactor's position first: the store holds everything below it.
-    let compacted = log
-        .committed(&topics.compactor_group, topic, p)
-        .await?
-        .unwrap_or(0);
-    let mut out: Vec<AppliedRecord> = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = store.history(doc, after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        out.extend(page.into_iter().filter(|r| r.seq <= at));
-        if after >= at {
-            break;
-        }
-    }
-    let hw = log.high_watermark(topic, p).await?;
-    let mut pos = compacted.max(log.log_start(topic, p).await?);
-    while pos < hw {
-        let batch = log.fetch(topic, p, pos, PAGE, Duration::ZERO).await?;
-        let Some(last) = batch.last() else { break };
-        pos = last.offset + 1;
-        for rec in batch {
-            if rec.key != doc {
-                continue;
-            }
-            if let Ok(OutRecord::Applied(a)) = decode_out_record(&rec.value) {
-                // Past the archive, and not an answer written twice.
-                let version = out.last().map_or(0, |r| r.seq);
-                if a.doc == doc && a.seq > version && a.seq <= at {
-                    out.push(a);
-                }
-            }
-        }
-    }
+    let src = Sources {
+        log,
+        store,
+        topics,
+        window: WindowPolicy::NONE,
+    };
+    let mut out = records_after(src, doc, 0, usize::MAX).await?;
+    out.retain(|r| r.seq <= at);
     Ok(out)
 }
 
