@@ -1,137 +1,116 @@
-//! The embedded log: Kafka's semantics on append-only segment files
-//! (`segments.rs` has the file format).
+//! The embedded log: Kafka's semantics on fjall, a crash-safe LSM-tree
+//! key-value store (`store.rs` has the layout).
 //!
 //! All writes go through one writer thread that group-commits: it takes every
-//! request waiting in its bounded queue, encodes them as frames into one
-//! buffer, writes it with one `pwrite` at the end of the current segment and
-//! makes it durable with one `fdatasync`. An fsync costs a lot (here ~60 µs
-//! of CPU and ~0.15 ms of waiting), so many appends share each one and
-//! durability does not cap throughput at the sync rate. Readers only ever
-//! see durable records: the high watermark moves after the sync.
+//! request waiting in its bounded queue and writes them as one fjall write
+//! batch, made durable by the same call (one journal append and one
+//! `fdatasync`). An fsync costs a lot (here ~60 µs of CPU and ~0.15 ms of
+//! waiting), so many appends share each one and durability does not cap
+//! throughput at the sync rate. Readers only ever see durable records: the
+//! high watermark moves after the sync.
 //!
-//! In memory: per partition, the location of every retained record (an
-//! index, 16 bytes a record) and its newest records (a tail of at most
+//! In memory: per partition, its newest records (a tail of at most
 //! [`TAIL_BYTES`], which serves consumers at the tail without reading the
-//! files); consumer positions; the idempotent producer's last batches.
-//! Everything else is read back with `pread` from the segments (the page
-//! cache). Segments are deleted oldest first, once no record in them is
-//! live; when the log moves to a new segment, up to 4 MiB of the oldest
-//! one's live records are written again (same offsets), so a quiet
-//! partition never pins old segments.
+//! database); consumer positions; the idempotent producer's last batches.
+//! Older records are read from the database. DeleteRecords moves the log
+//! start and deletes the records below it in the same batch; compaction
+//! reclaims their space.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
-use crate::segments::{self, Body, FrameBuf, Scanner};
+use crate::segments;
+use crate::store::{self, storage, Db, PartMeta};
 use crate::{partition_for, LogError, Offset, OpLog, Partition, Record, Result};
 
-/// A segment's preallocated size; a new segment starts when the current one
-/// is full (a group commit larger than this still goes into one segment).
-const SEGMENT_BYTES: u64 = 16 << 20;
 /// Newest records kept in memory per partition, bytes.
 const TAIL_BYTES: usize = 256 << 10;
-/// The oldest segment's live records are written again when the log moves
-/// to a new segment if they are at most this many bytes.
-const RELOCATE_BYTES: u64 = SEGMENT_BYTES / 4;
 /// Requests the writer takes per group commit at most.
 const MAX_GROUP: usize = 512;
 /// Bounded writer queue.
 const QUEUE: usize = 1024;
-/// Records a fetch reads on the async worker itself; longer reads that
-/// need the files run on a blocking thread.
+/// Records a fetch reads on the async worker itself; longer reads run on a
+/// blocking thread.
 const INLINE_READ: usize = 64;
+/// Largest batch one append takes, bytes (one write batch holds it whole).
+const MAX_BATCH_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedLogConfig {
-    /// Folder holding the segment files.
+    /// Folder holding the log (its database is `lsm/` inside).
     pub dir: PathBuf,
     /// Topics to create (or check) with their partition counts.
     pub topics: Vec<(String, u32)>,
 }
 
-/// Where a record's bytes are.
-#[derive(Debug, Clone, Copy)]
-struct Loc {
-    seg: u32,
-    pos: u64,
-    len: u32,
-}
-
-/// A record not seen yet while replaying (never left once replay ends).
-const MISSING: Loc = Loc {
-    seg: u32::MAX,
-    pos: 0,
-    len: 0,
-};
-
-/// A partition's records in memory: where each retained one is, and the
-/// newest ones themselves.
+/// A partition's newest records in memory.
 #[derive(Default)]
-struct PartData {
-    /// Offset of `index[0]`; with an empty index, the next offset.
-    first: u64,
-    index: VecDeque<Loc>,
-    /// The newest records, contiguous offsets.
-    tail: VecDeque<Record>,
-    tail_bytes: usize,
+struct Tail {
+    /// Contiguous offsets.
+    records: std::collections::VecDeque<Record>,
+    bytes: usize,
 }
 
-impl PartData {
-    fn push(&mut self, loc: Loc, record: Record) {
-        self.index.push_back(loc);
-        self.tail_bytes += record.key.len() + record.value.len();
-        self.tail.push_back(record);
-        while self.tail_bytes > TAIL_BYTES {
-            let Some(r) = self.tail.pop_front() else {
+fn weight(r: &Record) -> usize {
+    r.key.len() + r.value.capacity() + std::mem::size_of::<Record>()
+}
+
+impl Tail {
+    fn push(&mut self, record: Record) {
+        if self
+            .records
+            .back()
+            .is_some_and(|r| r.offset + 1 != record.offset)
+        {
+            self.records.clear();
+            self.bytes = 0;
+        }
+        self.bytes += weight(&record);
+        self.records.push_back(record);
+        while self.bytes > TAIL_BYTES {
+            let Some(r) = self.records.pop_front() else {
                 break;
             };
-            self.tail_bytes -= r.key.len() + r.value.len();
+            self.bytes -= weight(&r);
         }
     }
 
     fn trim_below(&mut self, start: u64) {
-        while self.first < start && self.index.pop_front().is_some() {
-            self.first += 1;
-        }
-        while self.tail.front().is_some_and(|r| r.offset < start) {
-            let r = self.tail.pop_front().expect("front exists");
-            self.tail_bytes -= r.key.len() + r.value.len();
+        while self.records.front().is_some_and(|r| r.offset < start) {
+            let r = self.records.pop_front().expect("front exists");
+            self.bytes -= weight(&r);
         }
     }
 
     /// Records `from..end` if the tail holds them all.
-    fn tail_range(&self, from: u64, end: u64) -> Option<Vec<Record>> {
-        let first = self.tail.front()?.offset;
-        if from < first || end > first + self.tail.len() as u64 {
+    fn range(&self, from: u64, end: u64) -> Option<Vec<Record>> {
+        let first = self.records.front()?.offset;
+        if from < first || end > first + self.records.len() as u64 {
             return None;
         }
         let a = (from - first) as usize;
         let b = (end - first) as usize;
-        Some(self.tail.range(a..b).cloned().collect())
+        Some(self.records.range(a..b).cloned().collect())
     }
 }
 
 struct PartState {
+    /// The topic's id in the database.
+    topic_id: u32,
     /// Next offset; readers see offsets below it. Moves after the sync.
     hw: watch::Sender<u64>,
     start: AtomicU64,
-    data: std::sync::Mutex<PartData>,
+    tail: std::sync::Mutex<Tail>,
 }
 
 struct Inner {
     topics: HashMap<String, Vec<PartState>>,
-    /// Open segment files, for readers (the writer also appends to the
-    /// newest). Taken while holding a partition's lock, so a segment
-    /// deleted after its records moved is never looked up through a stale
-    /// location.
-    files: RwLock<BTreeMap<u32, Arc<File>>>,
+    db: Db,
     groups: std::sync::Mutex<HashMap<(String, String, Partition), Offset>>,
     /// Set when a write failed: the log takes no more writes.
     broken: std::sync::atomic::AtomicBool,
@@ -140,12 +119,11 @@ struct Inner {
     /// it, so sequences reach the writer in order while many batches wait
     /// for the same group commit.
     producer: Mutex<ProducerState>,
-    /// The writer thread, joined when the last handle goes: the files are
+    /// The writer thread, joined when the last handle goes: the database is
     /// free again once `EmbeddedLog` is dropped (a reopen, a tool run after
     /// the server, a test).
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
-
 impl Drop for Inner {
     fn drop(&mut self) {
         // Closing the queue ends the writer after its current commit.
@@ -198,238 +176,79 @@ enum WriteReq {
     },
 }
 
-fn storage(e: impl std::fmt::Display) -> LogError {
-    LogError::Storage(e.to_string())
-}
-
-/// What recovery rebuilt of one partition.
-struct Recovered {
-    next: u64,
-    start: u64,
-    first: u64,
-    index: VecDeque<Loc>,
-}
-
-/// Everything recovery found in the segments.
-#[derive(Default)]
-struct Replay {
-    parts: HashMap<(String, Partition), Recovered>,
-    /// Topics in the order checkpoints list them, with partition counts.
-    topics: Vec<(String, u32)>,
-    groups: HashMap<(String, String, Partition), Offset>,
-    /// Per segment, per partition: one past the highest offset written there.
-    seg_ends: BTreeMap<u32, HashMap<(String, Partition), u64>>,
-    next_lsn: u64,
-}
-
-fn corrupt(seg: u32, pos: u64, what: impl std::fmt::Display) -> LogError {
-    LogError::Storage(format!("log segment {seg} at byte {pos}: {what}"))
-}
-
-impl Replay {
-    fn part(&mut self, seg: u32, pos: u64, topic: &str, p: Partition) -> Result<&mut Recovered> {
-        self.parts.get_mut(&(topic.to_owned(), p)).ok_or_else(|| {
-            corrupt(
-                seg,
-                pos,
-                format!("{topic}/{p} appears before any checkpoint lists it"),
-            )
-        })
-    }
-
-    fn apply(&mut self, seg: u32, f: &segments::Frame) -> Result<()> {
-        let bad = |_| corrupt(seg, f.pos, "malformed frame");
-        let mut b = Body {
-            bytes: &f.body,
-            at: 1,
-        };
-        match f.kind {
-            segments::CHECKPOINT => {
-                let n = b.u32().map_err(bad)?;
-                for _ in 0..n {
-                    let topic = b.str().map_err(bad)?.to_owned();
-                    let count = b.u32().map_err(bad)?;
-                    if !self.topics.iter().any(|(t, _)| *t == topic) {
-                        self.topics.push((topic.clone(), count));
-                    }
-                    for p in 0..count {
-                        let next = b.u64().map_err(bad)?;
-                        let start = b.u64().map_err(bad)?;
-                        match self.parts.get_mut(&(topic.clone(), p)) {
-                            Some(r) if r.next != next => {
-                                return Err(corrupt(seg, f.pos, format!(
-                                    "checkpoint says {topic}/{p} ends at {next}, earlier segments end it at {}",
-                                    r.next
-                                )))
-                            }
-                            Some(r) => {
-                                r.start = r.start.max(start);
-                            }
-                            None => {
-                                self.parts.insert(
-                                    (topic.clone(), p),
-                                    Recovered { next, start, first: next, index: VecDeque::new() },
-                                );
-                            }
-                        }
-                    }
-                }
-                let n = b.u32().map_err(bad)?;
-                self.groups.clear();
-                for _ in 0..n {
-                    let (key, next) = b.position().map_err(bad)?;
-                    self.groups.insert(key, next);
-                }
-            }
-            segments::APPEND => {
-                let topic = b.str().map_err(bad)?.to_owned();
-                let p = b.u32().map_err(bad)?;
-                let first = b.u64().map_err(bad)?;
-                let count = b.u32().map_err(bad)?;
-                let r = self.part(seg, f.pos, &topic, p)?;
-                if first != r.next {
-                    return Err(corrupt(
-                        seg,
-                        f.pos,
-                        format!("{topic}/{p}: append at {first}, expected {}", r.next),
-                    ));
-                }
-                for _ in 0..count {
-                    let (at, len) = b.skip_record().map_err(bad)?;
-                    r.index.push_back(Loc {
-                        seg,
-                        pos: f.pos + segments::HEADER as u64 + at as u64,
-                        len,
-                    });
-                }
-                r.next += count as u64;
-                let end = r.next;
-                self.seg_ends
-                    .entry(seg)
-                    .or_default()
-                    .insert((topic, p), end);
-            }
-            segments::RELOCATE => {
-                let topic = b.str().map_err(bad)?.to_owned();
-                let p = b.u32().map_err(bad)?;
-                let count = b.u32().map_err(bad)?;
-                let r = self.part(seg, f.pos, &topic, p)?;
-                let mut end = 0;
-                for _ in 0..count {
-                    let offset = b.u64().map_err(bad)?;
-                    let (at, len) = b.skip_record().map_err(bad)?;
-                    let loc = Loc {
-                        seg,
-                        pos: f.pos + segments::HEADER as u64 + at as u64,
-                        len,
-                    };
-                    if offset < r.start || offset >= r.next {
-                        continue;
-                    }
-                    // Replay may start after the segment this record was
-                    // first written in: it then lies below the index so far.
-                    while offset < r.first {
-                        r.index.push_front(MISSING);
-                        r.first -= 1;
-                    }
-                    r.index[(offset - r.first) as usize] = loc;
-                    end = end.max(offset + 1);
-                }
-                let e = self
-                    .seg_ends
-                    .entry(seg)
-                    .or_default()
-                    .entry((topic, p))
-                    .or_default();
-                *e = (*e).max(end);
-            }
-            segments::COMMIT => {
-                let (key, next) = b.position().map_err(bad)?;
-                self.groups.insert(key, next);
-            }
-            segments::DELETE => {
-                let topic = b.str().map_err(bad)?.to_owned();
-                let p = b.u32().map_err(bad)?;
-                let start = b.u64().map_err(bad)?;
-                let r = self.part(seg, f.pos, &topic, p)?;
-                r.start = r.start.max(start);
-                while r.first < r.start && r.index.pop_front().is_some() {
-                    r.first += 1;
-                }
-            }
-            k => return Err(corrupt(seg, f.pos, format!("unknown frame kind {k}"))),
+/// The log's partitions as the database holds them, checked: each one's
+/// records from its start to its next offset are there, and none past it.
+fn check_partition(db: &Db, topic: &str, id: u32, p: Partition, m: PartMeta) -> Result<()> {
+    let damaged = |what: String| {
+        storage(format!(
+            "the log database is damaged: {topic}/{p} (log start {}, next offset {}) {what}",
+            m.start, m.next
+        ))
+    };
+    let offset_of = |item: fjall::Guard| -> Result<Offset> {
+        let k = item.key().map_err(storage)?;
+        store::key_offset(&k).ok_or_else(|| storage("a malformed record key"))
+    };
+    let mut held = db
+        .records
+        .range(store::record_key(id, p, m.start)..store::record_key(id, p, m.next));
+    if m.next > m.start {
+        match held.next().map(offset_of).transpose()? {
+            Some(o) if o == m.start => {}
+            Some(o) => return Err(damaged(format!("is missing records {}..{o}", m.start))),
+            None => return Err(damaged("is missing every record".into())),
         }
-        Ok(())
-    }
-}
-
-/// Reads every segment of `dir` in order.
-fn replay(dir: &Path, ids: &[u32]) -> Result<Replay> {
-    let mut r = Replay::default();
-    let mut expected: Option<u64> = None;
-    for &seg in ids {
-        r.seg_ends.entry(seg).or_default();
-        let mut scan = Scanner::open(&segments::segment_path(dir, seg)).map_err(storage)?;
-        let mut first = true;
-        while let Some(frame) = scan.next().map_err(storage)? {
-            if first {
-                if let Some(e) = expected {
-                    if frame.lsn != e {
-                        return Err(corrupt(seg, 0, format!(
-                            "starts at frame {}, but the segment before ends at frame {e}: frames are missing",
-                            frame.lsn
-                        )));
-                    }
-                }
-                if frame.kind != segments::CHECKPOINT {
-                    return Err(corrupt(seg, 0, "does not start with a checkpoint"));
-                }
-                first = false;
+        match held.next_back().map(offset_of).transpose()? {
+            Some(o) if o + 1 == m.next => {}
+            Some(o) => return Err(damaged(format!("is missing records {}..{}", o + 1, m.next))),
+            // The first record was the only one.
+            None if m.next == m.start + 1 => {}
+            None => {
+                return Err(damaged(format!(
+                    "is missing records {}..{}",
+                    m.start + 1,
+                    m.next
+                )))
             }
-            r.apply(seg, &frame)?;
-        }
-        if let Some(n) = scan.next_lsn() {
-            expected = Some(n);
         }
     }
-    r.next_lsn = expected.unwrap_or(0);
-    for rec in r.parts.values_mut() {
-        if rec.first < rec.start {
-            // Every record below the start is gone; nothing else may be.
-            while rec.first < rec.start && rec.index.pop_front().is_some() {
-                rec.first += 1;
-            }
-        }
-        if rec.first > rec.start {
-            return Err(LogError::Storage(format!(
-                "log segments hold records from offset {} only, but the log start is {}: a segment is missing",
-                rec.first, rec.start
-            )));
-        }
-        if rec.first + rec.index.len() as u64 != rec.next
-            || rec.index.iter().any(|l| l.seg == MISSING.seg)
-        {
-            return Err(LogError::Storage(
-                "log segments do not hold every record from the log start on: a segment is missing"
-                    .into(),
-            ));
-        }
+    let past = db
+        .records
+        .range(store::record_key(id, p, m.next)..=store::record_key(id, p, u64::MAX))
+        .next();
+    if let Some(o) = past.map(offset_of).transpose()? {
+        return Err(damaged(format!("holds record {o} past its end")));
     }
-    Ok(r)
+    Ok(())
 }
 
 impl EmbeddedLog {
     /// Opens (creating if needed) the log under `config.dir` and starts its
-    /// writer thread. Must be called inside a tokio runtime.
+    /// writer thread. Must be called inside a tokio runtime. A log written
+    /// by an earlier version (`log.redb`, or segment files) is moved into
+    /// the database first.
     pub fn open(config: EmbeddedLogConfig) -> Result<EmbeddedLog> {
         std::fs::create_dir_all(&config.dir).map_err(storage)?;
+        let db_path = config.dir.join(store::DB_DIR);
         if config.dir.join("log.redb").exists() {
+            if db_path.exists() {
+                return Err(storage(format!(
+                    "{} holds both log.redb and a log database: move log.redb away (the database is the log)",
+                    config.dir.display()
+                )));
+            }
             crate::migrate::from_redb(&config.dir)?;
         }
         let ids = segments::list(&config.dir).map_err(storage)?;
-        let mut replay = replay(&config.dir, &ids)?;
+        if !ids.is_empty() {
+            crate::legacy::migrate(&config.dir, &ids)?;
+        }
+        let db = Db::open(&db_path)?;
+        let mut meta = db.load_meta()?;
+        let mut batch = db.db.batch();
+        let mut next_id = meta.topics.values().map(|(id, _)| *id).max().unwrap_or(0) + 1;
         for (topic, count) in &config.topics {
-            match replay.topics.iter().find(|(t, _)| t == topic) {
+            match meta.topics.get(topic) {
                 Some((_, existing)) if existing != count => {
                     return Err(LogError::PartitionMismatch {
                         topic: topic.clone(),
@@ -439,57 +258,60 @@ impl EmbeddedLog {
                 }
                 Some(_) => {}
                 None => {
-                    replay.topics.push((topic.clone(), *count));
+                    let id = next_id;
+                    next_id += 1;
+                    batch.insert(
+                        &db.meta,
+                        store::topic_key(topic),
+                        store::topic_value(id, *count),
+                    );
                     for p in 0..*count {
-                        replay.parts.insert(
-                            (topic.clone(), p),
-                            Recovered {
-                                next: 0,
-                                start: 0,
-                                first: 0,
-                                index: VecDeque::new(),
-                            },
-                        );
+                        let m = PartMeta { next: 0, start: 0 };
+                        batch.insert(&db.meta, store::part_key(id, p), store::part_value(m));
+                        meta.parts.insert((id, p), m);
                     }
+                    meta.topics.insert(topic.clone(), (id, *count));
                 }
             }
         }
-        let mut files = BTreeMap::new();
-        for &id in &ids {
-            let f = File::open(segments::segment_path(&config.dir, id)).map_err(storage)?;
-            // A process killed between a write and its sync leaves frames
-            // that replay accepts (and readers will see): make them durable
-            // before anything builds on them.
-            f.sync_all().map_err(storage)?;
-            files.insert(id, Arc::new(f));
+        if !batch.is_empty() {
+            batch
+                .durability(Some(fjall::PersistMode::SyncAll))
+                .commit()
+                .map_err(storage)?;
         }
         let mut topics = HashMap::new();
+        let mut names = HashMap::new();
         let mut offsets = HashMap::new();
-        for (topic, count) in &replay.topics {
+        for (topic, &(id, count)) in &meta.topics {
+            names.insert(id, topic.clone());
             let mut states = Vec::new();
-            for p in 0..*count {
-                let r = replay
-                    .parts
-                    .remove(&(topic.clone(), p))
-                    .expect("every partition recovered");
-                offsets.insert((topic.clone(), p), (r.next, r.start));
+            for p in 0..count {
+                let m = *meta.parts.get(&(id, p)).ok_or_else(|| {
+                    storage(format!("the log database lacks partition {topic}/{p}"))
+                })?;
+                check_partition(&db, topic, id, p, m)?;
+                offsets.insert((topic.clone(), p), m);
                 states.push(PartState {
-                    hw: watch::channel(r.next).0,
-                    start: AtomicU64::new(r.start),
-                    data: std::sync::Mutex::new(PartData {
-                        first: r.first,
-                        index: r.index,
-                        ..PartData::default()
-                    }),
+                    topic_id: id,
+                    hw: watch::channel(m.next).0,
+                    start: AtomicU64::new(m.start),
+                    tail: std::sync::Mutex::new(Tail::default()),
                 });
             }
             topics.insert(topic.clone(), states);
         }
+        let mut groups = HashMap::new();
+        for ((id, p, group), next) in meta.groups {
+            if let Some(topic) = names.get(&id) {
+                groups.insert((group, topic.clone(), p), next);
+            }
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let inner = Arc::new(Inner {
             topics,
-            files: RwLock::new(files),
-            groups: std::sync::Mutex::new(replay.groups.clone()),
+            db: db.clone(),
+            groups: std::sync::Mutex::new(groups),
             broken: std::sync::atomic::AtomicBool::new(false),
             tx,
             producer: Mutex::new(ProducerState {
@@ -499,25 +321,18 @@ impl EmbeddedLog {
             }),
             writer: std::sync::Mutex::new(None),
         });
-        // The writer never appends to a segment an earlier process wrote
-        // (its tail may hold a torn frame): it starts a new one.
-        let mut w = Writer {
-            dir: config.dir.clone(),
+        let w = Writer {
             inner: Arc::downgrade(&inner),
-            topic_order: replay.topics.iter().map(|(t, n)| (t.clone(), *n)).collect(),
-            seg: ids.last().copied().unwrap_or(0),
-            file: None,
-            pos: 0,
-            checkpoint_end: 0,
-            lsn: replay.next_lsn,
+            db,
+            ids: meta
+                .topics
+                .iter()
+                .map(|(t, (id, _))| (t.clone(), *id))
+                .collect(),
             offsets,
-            groups: replay.groups,
             producers: HashMap::new(),
-            seg_ends: replay.seg_ends,
             failed: None,
-            frames: FrameBuf::default(),
         };
-        w.roll(&inner)?;
         let handle = std::thread::Builder::new()
             .name("quire-log-writer".into())
             .spawn(move || w.run(rx))
@@ -526,6 +341,12 @@ impl EmbeddedLog {
         Ok(EmbeddedLog { inner })
     }
 
+    /// Records the database holds (live ones: truncated records are
+    /// deleted). A full scan, for tests.
+    #[doc(hidden)]
+    pub fn stored_records(&self) -> Result<usize> {
+        self.inner.db.records.len().map_err(storage)
+    }
     fn part(&self, topic: &str, partition: Partition) -> Result<&PartState> {
         let parts = self
             .inner
@@ -592,16 +413,14 @@ impl EmbeddedLog {
         records: Vec<(String, Vec<u8>)>,
     ) -> Result<oneshot::Receiver<Result<Offset>>> {
         self.part(topic, partition)?;
-        // One batch is one frame; replay would take a larger one for the
-        // end of the segment.
+        // One batch is one write batch, held whole in memory.
         let bytes: u64 = records
             .iter()
-            .map(|(k, v)| 8 + k.len() as u64 + v.len() as u64)
+            .map(|(k, v)| 20 + k.len() as u64 + v.len() as u64)
             .sum();
-        if bytes + (64 << 10) > segments::MAX_BODY as u64 {
+        if bytes > MAX_BATCH_BYTES {
             return Err(LogError::Storage(format!(
-                "a batch of {bytes} bytes is larger than a log frame may be ({} bytes)",
-                segments::MAX_BODY
+                "a batch of {bytes} bytes is larger than a log append may be ({MAX_BATCH_BYTES} bytes)"
             )));
         }
         self.send(|reply| WriteReq::Append {
@@ -647,48 +466,6 @@ impl EmbeddedLog {
     }
 }
 
-/// Reads records at `planned` locations (offsets `from..`): records that
-/// lie close together in one segment are read with one `pread`.
-fn read_records(planned: &[(Loc, Arc<File>)], from: Offset) -> Result<Vec<Record>> {
-    /// Largest gap read over, and largest single read.
-    const GAP: u64 = 4096;
-    const SPAN: u64 = 1 << 20;
-    let mut out = Vec::with_capacity(planned.len());
-    let mut i = 0;
-    while i < planned.len() {
-        let (first, file) = &planned[i];
-        let mut end = first.pos + first.len as u64;
-        let mut j = i + 1;
-        while let Some((l, _)) = planned.get(j) {
-            let l_end = l.pos + l.len as u64;
-            if l.seg != first.seg || l.pos < end || l.pos - end > GAP || l_end - first.pos > SPAN {
-                break;
-            }
-            end = l_end;
-            j += 1;
-        }
-        let mut buf = vec![0u8; (end - first.pos) as usize];
-        file.read_exact_at(&mut buf, first.pos).map_err(storage)?;
-        for (k, (l, _)) in planned.iter().enumerate().take(j).skip(i) {
-            let a = (l.pos - first.pos) as usize;
-            let (key, value) =
-                segments::parse_record(&buf[a..a + l.len as usize]).map_err(|_| {
-                    storage(format!(
-                        "log segment {} at byte {}: unreadable record",
-                        l.seg, l.pos
-                    ))
-                })?;
-            out.push(Record {
-                offset: from + k as u64,
-                key,
-                value,
-            });
-        }
-        i = j;
-    }
-    Ok(out)
-}
-
 /// Kafka's OffsetOutOfRange for reads below the log start.
 fn check_start(part: &PartState, topic: &str, partition: Partition, from: Offset) -> Result<()> {
     let log_start = part.start.load(Ordering::Acquire);
@@ -710,15 +487,43 @@ fn crate_nanos() -> u128 {
         .unwrap_or(0)
 }
 
-/// What a request does to in-memory state once its frames are durable.
+/// Reads records `from..end` of one partition from the database.
+fn read_db(db: &Db, id: u32, p: Partition, from: Offset, end: Offset) -> Result<Vec<Record>> {
+    let mut out = Vec::with_capacity((end - from) as usize);
+    for item in db
+        .records
+        .range(store::record_key(id, p, from)..store::record_key(id, p, end))
+    {
+        let (k, v) = item.into_inner().map_err(storage)?;
+        let want = from + out.len() as u64;
+        if store::key_offset(&k) != Some(want) {
+            return Err(storage(format!(
+                "log record {want} of partition {p} is missing from the database"
+            )));
+        }
+        let (key, value) = store::parse_value(&v)
+            .ok_or_else(|| storage(format!("log record {want} of partition {p} is unreadable")))?;
+        out.push(Record {
+            offset: want,
+            key,
+            value,
+        });
+    }
+    if out.len() as u64 != end - from {
+        return Err(storage(format!(
+            "log record {} of partition {p} is missing from the database",
+            from + out.len() as u64
+        )));
+    }
+    Ok(out)
+}
+
+/// What a request does to in-memory state once its batch is durable.
 enum Effect {
-    /// Records appended at `first`; `at` are their positions in the
-    /// group's buffer.
     Appended {
         topic: String,
         partition: Partition,
         first: Offset,
-        at: Vec<(usize, u32)>,
         records: Vec<(String, Vec<u8>)>,
     },
     Started(String, Partition, Offset),
@@ -740,47 +545,20 @@ fn after_commit<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, outcome: R
     })
 }
 
-/// The writer thread's state: the current segment, the authoritative
-/// offsets, consumer positions and producer state.
+/// The writer thread's state: the authoritative offsets and producer state.
 struct Writer {
-    dir: PathBuf,
     inner: std::sync::Weak<Inner>,
-    topic_order: Vec<(String, u32)>,
-    seg: u32,
-    file: Option<Arc<File>>,
-    /// Where the next frame goes in the current segment.
-    pos: u64,
-    /// End of the current segment's checkpoint.
-    checkpoint_end: u64,
-    lsn: u64,
-    /// `(topic, partition) -> (next offset, log start)`
-    offsets: HashMap<(String, Partition), (u64, u64)>,
-    groups: HashMap<(String, String, Partition), Offset>,
+    db: Db,
+    /// Topic ids in the database.
+    ids: HashMap<String, u32>,
+    offsets: HashMap<(String, Partition), PartMeta>,
     /// `(topic, partition, producer) -> (first seq, count, first offset)` of
     /// its last batch. This process's producers only: a restart starts a
     /// new producer, as before.
     producers: HashMap<(String, Partition, String), (u64, u64, u64)>,
-    /// Per segment, per partition: one past the highest offset it holds.
-    seg_ends: BTreeMap<u32, HashMap<(String, Partition), u64>>,
     /// Set for good by a failed write or sync: what reached the disk is
     /// unknown, so nothing more is written (restart the process).
     failed: Option<String>,
-    frames: FrameBuf,
-}
-
-/// Bytes a request's frames take, roughly (to decide on a new segment).
-fn estimate(req: &WriteReq) -> u64 {
-    match req {
-        WriteReq::Append { topic, records, .. } => {
-            64 + topic.len() as u64
-                + records
-                    .iter()
-                    .map(|(k, v)| 8 + k.len() as u64 + v.len() as u64)
-                    .sum::<u64>()
-        }
-        WriteReq::Commit { group, topic, .. } => 64 + (group.len() + topic.len()) as u64,
-        WriteReq::Delete { topic, .. } => 64 + topic.len() as u64,
-    }
 }
 
 impl Writer {
@@ -811,14 +589,6 @@ impl Writer {
 
     /// One group commit.
     fn group(&mut self, inner: &Inner, batch: Vec<WriteReq>) {
-        if self.failed.is_none() {
-            let size: u64 = batch.iter().map(estimate).sum();
-            if self.pos + size > SEGMENT_BYTES && self.pos > self.checkpoint_end {
-                if let Err(e) = self.roll(inner) {
-                    self.fail(inner, e);
-                }
-            }
-        }
         if let Some(e) = self.failed.clone() {
             for req in batch {
                 let err = LogError::Storage(e.clone());
@@ -830,7 +600,7 @@ impl Writer {
             }
             return;
         }
-        self.frames.clear();
+        let mut write = self.db.db.batch();
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
         let mut effects = Vec::new();
         for req in batch {
@@ -844,7 +614,7 @@ impl Writer {
                     reply,
                 } => {
                     let key = (topic.clone(), partition);
-                    let (next, start) = self.offsets[&key];
+                    let m = self.offsets[&key];
                     let n = records.len() as u64;
                     let pkey = (topic.clone(), partition, producer);
                     let outcome = match self.producers.get(&pkey).copied() {
@@ -870,27 +640,32 @@ impl Writer {
                     match outcome {
                         Ok(Some(dup_offset)) => replies.push(after_commit(reply, Ok(dup_offset))),
                         Ok(None) => {
-                            self.frames.begin(self.lsn, segments::APPEND);
-                            self.lsn += 1;
-                            self.frames.str(&topic);
-                            self.frames.u32(partition);
-                            self.frames.u64(next);
-                            self.frames.u32(n as u32);
-                            let at = records
-                                .iter()
-                                .map(|(k, v)| self.frames.record(k, v))
-                                .collect();
-                            self.frames.finish();
-                            self.producers.insert(pkey, (first_seq, n, next));
-                            self.offsets.insert(key, (next + n, start));
+                            let id = self.ids[&topic];
+                            for (i, (k, v)) in records.iter().enumerate() {
+                                write.insert(
+                                    &self.db.records,
+                                    store::record_key(id, partition, m.next + i as u64),
+                                    store::record_value(k, v),
+                                );
+                            }
+                            let after = PartMeta {
+                                next: m.next + n,
+                                start: m.start,
+                            };
+                            write.insert(
+                                &self.db.meta,
+                                store::part_key(id, partition),
+                                store::part_value(after),
+                            );
+                            self.producers.insert(pkey, (first_seq, n, m.next));
+                            self.offsets.insert(key, after);
                             effects.push(Effect::Appended {
                                 topic,
                                 partition,
-                                first: next,
-                                at,
+                                first: m.next,
                                 records,
                             });
-                            replies.push(after_commit(reply, Ok(next)));
+                            replies.push(after_commit(reply, Ok(m.next)));
                         }
                         Err(e) => replies.push(after_commit(reply, Err(e))),
                     }
@@ -902,12 +677,12 @@ impl Writer {
                     next,
                     reply,
                 } => {
-                    self.frames.begin(self.lsn, segments::COMMIT);
-                    self.lsn += 1;
-                    self.frames.position(&group, &topic, partition, next);
-                    self.frames.finish();
-                    self.groups
-                        .insert((group.clone(), topic.clone(), partition), next);
+                    let id = self.ids[&topic];
+                    write.insert(
+                        &self.db.meta,
+                        store::group_key(id, partition, &group),
+                        next.to_le_bytes(),
+                    );
                     effects.push(Effect::Committed((group, topic, partition), next));
                     replies.push(after_commit(reply, Ok(())));
                 }
@@ -918,28 +693,37 @@ impl Writer {
                     reply,
                 } => {
                     let key = (topic.clone(), partition);
-                    let (next, start) = self.offsets[&key];
-                    let new_start = before.min(next).max(start);
-                    if new_start > start {
-                        self.frames.begin(self.lsn, segments::DELETE);
-                        self.lsn += 1;
-                        self.frames.str(&topic);
-                        self.frames.u32(partition);
-                        self.frames.u64(new_start);
-                        self.frames.finish();
-                        self.offsets.insert(key, (next, new_start));
+                    let m = self.offsets[&key];
+                    let new_start = before.min(m.next).max(m.start);
+                    if new_start > m.start {
+                        let id = self.ids[&topic];
+                        // Each record key is written once, so a weak
+                        // tombstone (dropped with the record it meets in
+                        // compaction) is enough.
+                        for o in m.start..new_start {
+                            write
+                                .remove_weak(&self.db.records, store::record_key(id, partition, o));
+                        }
+                        let after = PartMeta {
+                            next: m.next,
+                            start: new_start,
+                        };
+                        write.insert(
+                            &self.db.meta,
+                            store::part_key(id, partition),
+                            store::part_value(after),
+                        );
+                        self.offsets.insert(key, after);
                         effects.push(Effect::Started(topic, partition, new_start));
                     }
                     replies.push(after_commit(reply, Ok(new_start)));
                 }
             }
         }
-        let base = self.pos;
-        if !self.frames.buf.is_empty() {
-            let file = self.file.as_ref().expect("a segment is open");
-            if let Err(e) = file
-                .write_all_at(&self.frames.buf, base)
-                .and_then(|()| file.sync_data())
+        if !write.is_empty() {
+            if let Err(e) = write
+                .durability(Some(fjall::PersistMode::SyncData))
+                .commit()
             {
                 let msg = self.fail(inner, e);
                 for reply in replies {
@@ -947,51 +731,33 @@ impl Writer {
                 }
                 return;
             }
-            self.pos += self.frames.buf.len() as u64;
         }
-        let mut started = false;
         for eff in effects {
             match eff {
                 Effect::Started(t, p, s) => {
                     let part = &inner.topics[&t][p as usize];
                     part.start.store(s, Ordering::Release);
-                    part.data.lock().expect("not poisoned").trim_below(s);
-                    started = true;
+                    part.tail.lock().expect("not poisoned").trim_below(s);
                 }
                 Effect::Appended {
                     topic,
                     partition,
                     first,
-                    at,
                     records,
                 } => {
                     let part = &inner.topics[&topic][partition as usize];
                     let end = first + records.len() as u64;
                     {
-                        let mut d = part.data.lock().expect("not poisoned");
-                        for (i, ((pos, len), (key, value))) in
-                            at.into_iter().zip(records).enumerate()
-                        {
-                            let loc = Loc {
-                                seg: self.seg,
-                                pos: base + pos as u64,
-                                len,
-                            };
-                            d.push(
-                                loc,
-                                Record {
-                                    offset: first + i as u64,
-                                    key,
-                                    value,
-                                },
-                            );
+                        let mut tail = part.tail.lock().expect("not poisoned");
+                        for (i, (key, value)) in records.into_iter().enumerate() {
+                            tail.push(Record {
+                                offset: first + i as u64,
+                                key,
+                                value,
+                            });
                         }
                     }
                     part.hw.send_replace(end);
-                    self.seg_ends
-                        .entry(self.seg)
-                        .or_default()
-                        .insert((topic, partition), end);
                 }
                 Effect::Committed(k, next) => {
                     inner.groups.lock().expect("not poisoned").insert(k, next);
@@ -1000,216 +766,6 @@ impl Writer {
         }
         for reply in replies {
             reply(None);
-        }
-        if started {
-            self.collect(inner);
-        }
-    }
-
-    /// Encodes a checkpoint of the current state into `frames`.
-    fn checkpoint(&mut self) {
-        self.frames.begin(self.lsn, segments::CHECKPOINT);
-        self.lsn += 1;
-        self.frames.u32(self.topic_order.len() as u32);
-        for (topic, count) in &self.topic_order {
-            self.frames.str(topic);
-            self.frames.u32(*count);
-            for p in 0..*count {
-                let (next, start) = self.offsets[&(topic.clone(), p)];
-                self.frames.u64(next);
-                self.frames.u64(start);
-            }
-        }
-        self.frames.u32(self.groups.len() as u32);
-        for ((group, topic, p), next) in &self.groups {
-            self.frames.position(group, topic, *p, *next);
-        }
-        self.frames.finish();
-    }
-
-    /// Starts the next segment (preallocated, a checkpoint first), moves
-    /// the oldest segment's live records into it if they are few, and
-    /// deletes segments nothing needs.
-    fn roll(&mut self, inner: &Inner) -> Result<()> {
-        let id = self.seg + 1;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(segments::segment_path(&self.dir, id))
-            .map_err(storage)?;
-        // Preallocated, so a sync writes data, not the file's new size;
-        // where the filesystem cannot, the file just grows.
-        let _ = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, SEGMENT_BYTES);
-        self.frames.clear();
-        self.checkpoint();
-        file.write_all_at(&self.frames.buf, 0).map_err(storage)?;
-        file.sync_data().map_err(storage)?;
-        // The new file's name must survive a crash too.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(storage)?;
-        let file = Arc::new(file);
-        inner
-            .files
-            .write()
-            .expect("not poisoned")
-            .insert(id, file.clone());
-        self.seg = id;
-        self.file = Some(file);
-        self.pos = self.frames.buf.len() as u64;
-        self.checkpoint_end = self.pos;
-        self.seg_ends.entry(id).or_default();
-        self.relocate(inner)?;
-        self.collect(inner);
-        Ok(())
-    }
-
-    /// The records still live in segment `seg`: `(topic, partition,
-    /// offset, location)`.
-    fn live(&self, inner: &Inner, seg: u32) -> Vec<(String, Partition, Offset, Loc)> {
-        let mut live = Vec::new();
-        for ((topic, p), end) in self.seg_ends.get(&seg).into_iter().flatten() {
-            let d = inner.topics[topic][*p as usize]
-                .data
-                .lock()
-                .expect("not poisoned");
-            let stop = (*end).min(d.first + d.index.len() as u64);
-            for o in d.first..stop {
-                let loc = d.index[(o - d.first) as usize];
-                if loc.seg == seg {
-                    live.push((topic.clone(), *p, o, loc));
-                }
-            }
-        }
-        live
-    }
-
-    /// Whether any record in segment `seg` is live.
-    fn has_live(&self, inner: &Inner, seg: u32) -> bool {
-        self.seg_ends
-            .get(&seg)
-            .into_iter()
-            .flatten()
-            .any(|((topic, p), end)| {
-                let d = inner.topics[topic][*p as usize]
-                    .data
-                    .lock()
-                    .expect("not poisoned");
-                let stop = (*end).min(d.first + d.index.len() as u64);
-                (d.first..stop).any(|o| d.index[(o - d.first) as usize].seg == seg)
-            })
-    }
-
-    /// Writes the oldest segment's live records again, into the current
-    /// segment, when they are few (a quiet partition's records would
-    /// otherwise keep the whole segment on disk).
-    fn relocate(&mut self, inner: &Inner) -> Result<()> {
-        let Some(&oldest) = self.seg_ends.keys().next() else {
-            return Ok(());
-        };
-        if oldest == self.seg {
-            return Ok(());
-        }
-        // At most RELOCATE_BYTES per move: a segment with more live
-        // records drains over several moves.
-        let mut live = self.live(inner, oldest);
-        let mut bytes = 0;
-        let keep = live
-            .iter()
-            .take_while(|(_, _, _, l)| {
-                bytes += l.len as u64;
-                bytes <= RELOCATE_BYTES
-            })
-            .count();
-        live.truncate(keep);
-        let bytes: u64 = live.iter().map(|(_, _, _, l)| l.len as u64).sum();
-        if live.is_empty() {
-            return Ok(());
-        }
-        let Some(old) = inner
-            .files
-            .read()
-            .expect("not poisoned")
-            .get(&oldest)
-            .cloned()
-        else {
-            return Ok(());
-        };
-        let mut by_part: BTreeMap<(String, Partition), Vec<(Offset, Loc)>> = BTreeMap::new();
-        for (t, p, o, l) in live {
-            by_part.entry((t, p)).or_default().push((o, l));
-        }
-        self.frames.clear();
-        let mut moved = Vec::new();
-        for ((topic, p), recs) in &by_part {
-            self.frames.begin(self.lsn, segments::RELOCATE);
-            self.lsn += 1;
-            self.frames.str(topic);
-            self.frames.u32(*p);
-            self.frames.u32(recs.len() as u32);
-            for (o, l) in recs {
-                let mut buf = vec![0u8; l.len as usize];
-                old.read_exact_at(&mut buf, l.pos).map_err(storage)?;
-                let (key, value) = segments::parse_record(&buf).map_err(|_| {
-                    storage(format!(
-                        "log segment {oldest} at byte {}: unreadable record",
-                        l.pos
-                    ))
-                })?;
-                self.frames.u64(*o);
-                let (at, len) = self.frames.record(&key, &value);
-                moved.push((topic.clone(), *p, *o, at, len));
-            }
-            self.frames.finish();
-        }
-        let file = self.file.as_ref().expect("a segment is open");
-        let base = self.pos;
-        file.write_all_at(&self.frames.buf, base)
-            .and_then(|()| file.sync_data())
-            .map_err(storage)?;
-        self.pos += self.frames.buf.len() as u64;
-        for (topic, p, o, at, len) in moved {
-            let mut d = inner.topics[&topic][p as usize]
-                .data
-                .lock()
-                .expect("not poisoned");
-            if o >= d.first && o < d.first + d.index.len() as u64 {
-                let i = (o - d.first) as usize;
-                d.index[i] = Loc {
-                    seg: self.seg,
-                    pos: base + at as u64,
-                    len,
-                };
-            }
-            drop(d);
-            let e = self
-                .seg_ends
-                .entry(self.seg)
-                .or_default()
-                .entry((topic, p))
-                .or_default();
-            *e = (*e).max(o + 1);
-        }
-        tracing::debug!(
-            segment = oldest,
-            bytes,
-            "log: live records of the oldest segment written again"
-        );
-        Ok(())
-    }
-
-    /// Deletes the oldest segments while no record in them is live.
-    fn collect(&mut self, inner: &Inner) {
-        while let Some(&oldest) = self.seg_ends.keys().next() {
-            if oldest == self.seg || self.has_live(inner, oldest) {
-                return;
-            }
-            self.seg_ends.remove(&oldest);
-            inner.files.write().expect("not poisoned").remove(&oldest);
-            if let Err(e) = std::fs::remove_file(segments::segment_path(&self.dir, oldest)) {
-                tracing::warn!(segment = oldest, error = %e, "could not delete a log segment");
-            }
         }
     }
 }
@@ -1289,42 +845,24 @@ impl OpLog for EmbeddedLog {
         if end <= from {
             return Ok(Vec::new());
         }
-        // A consumer at the tail reads records just written from memory.
-        // Others read the segments (the page cache, or the disk): inline for
-        // a few records, on a blocking thread for more, so a catching-up
-        // reader never holds up an async worker.
-        let planned = {
-            let d = part.data.lock().expect("not poisoned");
-            if let Some(records) = d.tail_range(from, end) {
-                return Ok(records);
-            }
-            if from < d.first {
-                drop(d);
-                check_start(part, topic, partition, from)?;
-                return Err(storage("records below the index"));
-            }
-            let files = self.inner.files.read().expect("not poisoned");
-            let mut planned = Vec::with_capacity((end - from) as usize);
-            for o in from..end {
-                let loc = d.index[(o - d.first) as usize];
-                let file = files
-                    .get(&loc.seg)
-                    .cloned()
-                    .ok_or_else(|| storage(format!("log segment {} is gone", loc.seg)))?;
-                planned.push((loc, file));
-            }
-            planned
-        };
-        let out = if planned.len() <= INLINE_READ {
-            read_records(&planned, from)?
+        // A consumer at the tail reads records just written from memory;
+        // others read the database: inline for a few records, on a blocking
+        // thread for more, so a catching-up reader never holds up an async
+        // worker.
+        if let Some(records) = part.tail.lock().expect("not poisoned").range(from, end) {
+            return Ok(records);
+        }
+        let (db, id) = (self.inner.db.clone(), part.topic_id);
+        let out = if end - from <= INLINE_READ as u64 {
+            read_db(&db, id, partition, from, end)
         } else {
-            tokio::task::spawn_blocking(move || read_records(&planned, from))
+            tokio::task::spawn_blocking(move || read_db(&db, id, partition, from, end))
                 .await
-                .map_err(storage)??
+                .map_err(storage)?
         };
         // DeleteRecords may have raced this read; Kafka would refuse it too.
         check_start(part, topic, partition, from)?;
-        Ok(out)
+        out
     }
 
     async fn high_watermark(&self, topic: &str, partition: Partition) -> Result<Offset> {
@@ -1390,5 +928,47 @@ impl OpLog for EmbeddedLog {
             return Err(storage("a log write failed: restart the process"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database that lost records it says it holds (a damaged disk, a
+    /// copied folder missing files) is refused on open, not served short.
+    #[tokio::test]
+    async fn a_database_missing_records_is_refused() {
+        let config = |dir: &std::path::Path| EmbeddedLogConfig {
+            dir: dir.to_owned(),
+            topics: vec![("t".into(), 1)],
+        };
+        for lost in [0u64, 2, 4] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = EmbeddedLog::open(config(dir.path())).unwrap();
+            for i in 0..5 {
+                log.produce("t", vec![("k".into(), vec![i])]).await.unwrap();
+            }
+            drop(log);
+            let db = Db::open(&dir.path().join(store::DB_DIR)).unwrap();
+            let id = db.load_meta().unwrap().topics["t"].0;
+            db.records.remove(store::record_key(id, 0, lost)).unwrap();
+            db.db.persist(fjall::PersistMode::SyncAll).unwrap();
+            drop(db);
+            let err = EmbeddedLog::open(config(dir.path())).err();
+            let msg = err.map(|e| e.to_string()).unwrap_or_default();
+            if lost == 2 {
+                // Opening checks a partition's two ends; a record lost from
+                // the middle is found by the read.
+                let log = EmbeddedLog::open(config(dir.path())).unwrap();
+                let err = log.fetch("t", 0, 0, 10, Duration::ZERO).await.err();
+                assert!(
+                    matches!(&err, Some(LogError::Storage(m)) if m.contains("record 2 of partition 0 is missing")),
+                    "{err:?}"
+                );
+            } else {
+                assert!(msg.contains("is missing records"), "lost {lost}: {msg}");
+            }
+        }
     }
 }

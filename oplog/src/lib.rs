@@ -3,17 +3,19 @@
 //! [`OpLog`] is the slice of Kafka that Quire's roles use: topics with
 //! partitions, keyed partitioning with Kafka's murmur2, durable appends from
 //! an idempotent producer, fetch by offset, consumer-group offsets, the log
-//! start offset and DeleteRecords. [`EmbeddedLog`] implements it on
-//! append-only segment files for
-//! `quire serve`; a Kafka backend implements the same trait.
+//! start offset and DeleteRecords. [`EmbeddedLog`] implements it on fjall
+//! (an embedded LSM-tree store) for `quire serve`; a Kafka backend
+//! implements the same trait.
 
 pub mod conformance;
 mod embedded;
 pub mod group;
 mod intercept;
+mod legacy;
 mod migrate;
 mod murmur2;
 mod segments;
+mod store;
 
 use std::time::Duration;
 
