@@ -332,6 +332,9 @@ impl EmbeddedLog {
             offsets,
             producers: HashMap::new(),
             failed: None,
+            deleted_since: 0,
+            compacting: Arc::default(),
+            rotated_at: 0,
         };
         let handle = std::thread::Builder::new()
             .name("quire-log-writer".into())
@@ -346,6 +349,12 @@ impl EmbeddedLog {
     #[doc(hidden)]
     pub fn stored_records(&self) -> Result<usize> {
         self.inner.db.records.len().map_err(storage)
+    }
+
+    /// Bytes the records' tables take on disk (not the journal), for tests.
+    #[doc(hidden)]
+    pub fn records_disk_space(&self) -> u64 {
+        self.inner.db.records.disk_space()
     }
     fn part(&self, topic: &str, partition: Partition) -> Result<&PartState> {
         let parts = self
@@ -559,9 +568,67 @@ struct Writer {
     /// Set for good by a failed write or sync: what reached the disk is
     /// unknown, so nothing more is written (restart the process).
     failed: Option<String>,
+    /// Records deleted since the last reclaiming compaction.
+    deleted_since: u64,
+    /// Set while a reclaiming compaction runs (on its own thread).
+    compacting: Arc<std::sync::atomic::AtomicBool>,
+    /// The journal count right after `meta`'s memtable last moved on.
+    rotated_at: usize,
 }
 
+/// Deleted records that make a reclaiming compaction worth its cost: twice
+/// the live ones (so each written byte is rewritten a bounded number of
+/// times), and at least this many.
+const RECLAIM_MIN: u64 = 10_000;
+
 impl Writer {
+    /// Space housekeeping after a commit.
+    ///
+    /// A journal can go only once every keyspace's memtable holding its
+    /// writes has been flushed. `records` fills and flushes often; `meta`
+    /// is small and would hold every journal (up to fjall's 64 MiB limit):
+    /// it moves on whenever a new journal has started.
+    ///
+    /// Deleted records leave tombstones; their space comes back when
+    /// compaction meets them. The log deletes most of what it writes, so
+    /// once deleted records outnumber the live ones twice, a major
+    /// compaction (on its own thread) rewrites what is left.
+    fn housekeeping(&mut self) {
+        let journals = self.db.db.journal_count();
+        if journals > 1 && journals != self.rotated_at {
+            if let Err(e) = self.db.meta.rotate_memtable() {
+                tracing::warn!(error = %e, "log: could not rotate the meta memtable");
+            }
+            self.rotated_at = self.db.db.journal_count();
+        }
+        let live: u64 = self.offsets.values().map(|m| m.next - m.start).sum();
+        if self.deleted_since >= RECLAIM_MIN
+            && self.deleted_since > 2 * live
+            && !self.compacting.swap(true, Ordering::AcqRel)
+        {
+            self.deleted_since = 0;
+            let (records, flag) = (self.db.records.clone(), self.compacting.clone());
+            let spawned = std::thread::Builder::new()
+                .name("quire-log-reclaim".into())
+                .spawn(move || {
+                    // The tombstones must reach the tables first: flush the
+                    // memtable holding them.
+                    let flushed = records.rotate_memtable().map(|_| {
+                        while records.sealed_memtable_count() > 0 {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    });
+                    if let Err(e) = flushed.and_then(|()| records.major_compact()) {
+                        tracing::warn!(error = %e, "log: reclaiming compaction failed");
+                    }
+                    flag.store(false, Ordering::Release);
+                });
+            if spawned.is_err() {
+                self.compacting.store(false, Ordering::Release);
+            }
+        }
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<WriteReq>) {
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
@@ -700,6 +767,7 @@ impl Writer {
                         // Each record key is written once, so a weak
                         // tombstone (dropped with the record it meets in
                         // compaction) is enough.
+                        self.deleted_since += new_start - m.start;
                         for o in m.start..new_start {
                             write
                                 .remove_weak(&self.db.records, store::record_key(id, partition, o));
@@ -767,6 +835,7 @@ impl Writer {
         for reply in replies {
             reply(None);
         }
+        self.housekeeping();
     }
 }
 

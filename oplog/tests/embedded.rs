@@ -168,6 +168,50 @@ async fn truncated_records_are_deleted_and_the_rest_survive_reopen() {
     ));
 }
 
+/// The space of deleted records comes back: once most of the log is
+/// truncated, what is left is rewritten without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_space_of_truncated_records_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(config(dir.path())).unwrap();
+    let p = partition_for("k", 4);
+    // Not compressible, so the tables' size is the records' size.
+    let mut state = 1u64;
+    let mut noise = || {
+        (0..1000)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                char::from(b'a' + (state >> 59) as u8 % 26)
+            })
+            .collect::<String>()
+    };
+    for _ in 0..60 {
+        let batch: Vec<_> = (0..500).map(|_| rec("k", &noise())).collect();
+        log.produce("t.ops", batch).await.unwrap();
+    }
+    // 30,000 records of 1 kB: 30 MB.
+    log.delete_records("t.ops", p, 29_900).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let space = log.records_disk_space();
+        if space < 4 << 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records still take {space} bytes on disk"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = log
+        .fetch("t.ops", p, 29_900, 1000, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 100);
+}
+
 /// A log written by earlier versions (one redb file) is moved into the log
 /// database on open (through the segment files of the release between):
 /// records, offsets, starts and consumer positions.
