@@ -8,11 +8,12 @@
 //! records per commit), each commit durable before the next starts, on a
 //! fresh folder under DIR, and reports wall time and process CPU (user +
 //! system, from /proc/self/stat) per commit:
-//! - `segments`: Quire's `EmbeddedLog` (`produce`, through its writer
-//!   thread: the cost the roles pay, thread hand-off included);
+//! - `embedded-log`: Quire's `EmbeddedLog` (on fjall; `produce`, through
+//!   its writer thread: the cost the roles pay, thread hand-off included);
 //! - `redb`: a redb 2 write transaction per commit (`Durability::Immediate`),
 //!   keys `(topic, partition, offset)` as the log used before;
-//! - `fjall`: an LSM (fjall 3): one write batch, then `persist(SyncData)`.
+//! - `fjall`: bare fjall 3 (an LSM): one write batch, then
+//!   `persist(SyncData)`.
 //!
 //! The two databases are called directly, without a thread hand-off, so
 //! the comparison favours them.
@@ -57,7 +58,7 @@ fn record(i: usize) -> Vec<u8> {
     v
 }
 
-fn segments(dir: &Path, commits: usize, batch: usize, rt: &tokio::runtime::Runtime) -> Run {
+fn embedded_log(dir: &Path, commits: usize, batch: usize, rt: &tokio::runtime::Runtime) -> Run {
     let log = rt.block_on(async {
         EmbeddedLog::open(EmbeddedLogConfig {
             dir: dir.to_owned(),
@@ -145,17 +146,17 @@ fn main() {
     println!("| engine | commits/s | wall per commit | CPU per commit |");
     println!("|---|---|---|---|");
     for (name, round) in [
-        ("segments", 0),
+        ("embedded-log", 0),
         ("redb", 0),
         ("fjall", 0),
-        ("segments", 1),
+        ("embedded-log", 1),
         ("redb", 1),
         ("fjall", 1),
     ] {
         let d = dir.join(format!("{name}-{round}"));
         let _ = std::fs::remove_dir_all(&d);
         let run = match name {
-            "segments" => segments(&d, commits, batch, &rt),
+            "embedded-log" => embedded_log(&d, commits, batch, &rt),
             "redb" => redb(&d, commits, batch),
             _ => fjall(&d, commits, batch),
         };
