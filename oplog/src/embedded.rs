@@ -123,17 +123,28 @@ struct Inner {
     /// free again once `EmbeddedLog` is dropped (a reopen, a tool run after
     /// the server, a test).
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The reclaiming compaction's thread, if one ran; joined after the
+    /// writer.
+    reclaim: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set when the last handle goes: a reclaim not started yet does not.
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 impl Drop for Inner {
     fn drop(&mut self) {
         // Closing the queue ends the writer after its current commit.
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.tx, closed));
+        self.closing.store(true, Ordering::Release);
         if let Some(h) = self.writer.lock().ok().and_then(|mut w| w.take()) {
             // The writer itself may hold the last handle for a moment.
             if h.thread().id() != std::thread::current().id() {
                 let _ = h.join();
             }
+        }
+        // A compaction under way finishes first: the database closes (and
+        // its folder is free again) once this returns.
+        if let Some(h) = self.reclaim.lock().ok().and_then(|mut r| r.take()) {
+            let _ = h.join();
         }
     }
 }
@@ -320,6 +331,8 @@ impl EmbeddedLog {
                 next: HashMap::new(),
             }),
             writer: std::sync::Mutex::new(None),
+            reclaim: std::sync::Mutex::new(None),
+            closing: Arc::default(),
         });
         let w = Writer {
             inner: Arc::downgrade(&inner),
@@ -333,8 +346,6 @@ impl EmbeddedLog {
             producers: HashMap::new(),
             failed: None,
             deleted_since: 0,
-            compacting: Arc::default(),
-            rotated_at: 0,
         };
         let handle = std::thread::Builder::new()
             .name("quire-log-writer".into())
@@ -568,12 +579,9 @@ struct Writer {
     /// Set for good by a failed write or sync: what reached the disk is
     /// unknown, so nothing more is written (restart the process).
     failed: Option<String>,
-    /// Records deleted since the last reclaiming compaction.
+    /// Records deleted since the last reclaiming compaction (this
+    /// process's: tombstones written before a restart are not counted).
     deleted_since: u64,
-    /// Set while a reclaiming compaction runs (on its own thread).
-    compacting: Arc<std::sync::atomic::AtomicBool>,
-    /// The journal count right after `meta`'s memtable last moved on.
-    rotated_at: usize,
 }
 
 /// Deleted records that make a reclaiming compaction worth its cost: twice
@@ -582,50 +590,58 @@ struct Writer {
 const RECLAIM_MIN: u64 = 10_000;
 
 impl Writer {
-    /// Space housekeeping after a commit.
-    ///
-    /// A journal can go only once every keyspace's memtable holding its
-    /// writes has been flushed. `records` fills and flushes often; `meta`
-    /// is small and would hold every journal (up to fjall's 64 MiB limit):
-    /// it moves on whenever a new journal has started.
+    /// Gives back the space of deleted records after a commit.
     ///
     /// Deleted records leave tombstones; their space comes back when
     /// compaction meets them. The log deletes most of what it writes, so
-    /// once deleted records outnumber the live ones twice, a major
-    /// compaction (on its own thread) rewrites what is left.
-    fn housekeeping(&mut self) {
-        let journals = self.db.db.journal_count();
-        if journals > 1 && journals != self.rotated_at {
-            if let Err(e) = self.db.meta.rotate_memtable() {
-                tracing::warn!(error = %e, "log: could not rotate the meta memtable");
-            }
-            self.rotated_at = self.db.db.journal_count();
-        }
+    /// once deleted records outnumber the live ones twice, the memtable
+    /// holding the tombstones is flushed and a major compaction rewrites
+    /// what is left, on a thread of its own (one at a time; joined when the
+    /// log closes). fjall's second worker keeps flushing meanwhile.
+    ///
+    /// (Journals need nothing here: at every journal rotation fjall asks
+    /// every keyspace still holding an old journal, `meta` included, to
+    /// flush.)
+    fn housekeeping(&mut self, inner: &Inner) {
         let live: u64 = self.offsets.values().map(|m| m.next - m.start).sum();
-        if self.deleted_since >= RECLAIM_MIN
-            && self.deleted_since > 2 * live
-            && !self.compacting.swap(true, Ordering::AcqRel)
-        {
-            self.deleted_since = 0;
-            let (records, flag) = (self.db.records.clone(), self.compacting.clone());
-            let spawned = std::thread::Builder::new()
-                .name("quire-log-reclaim".into())
-                .spawn(move || {
-                    // The tombstones must reach the tables first: flush the
-                    // memtable holding them.
-                    let flushed = records.rotate_memtable().map(|_| {
-                        while records.sealed_memtable_count() > 0 {
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    });
-                    if let Err(e) = flushed.and_then(|()| records.major_compact()) {
-                        tracing::warn!(error = %e, "log: reclaiming compaction failed");
+        if self.deleted_since < RECLAIM_MIN || self.deleted_since <= 2 * live {
+            return;
+        }
+        let mut reclaim = inner.reclaim.lock().expect("not poisoned");
+        if reclaim.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Some(done) = reclaim.take() {
+            let _ = done.join();
+        }
+        self.deleted_since = 0;
+        let records = self.db.records.clone();
+        let closing = inner.closing.clone();
+        let spawned = std::thread::Builder::new()
+            .name("quire-log-reclaim".into())
+            .spawn(move || {
+                // The tombstones must reach the tables first: flush the
+                // memtable holding them (waiting at most a while, and not
+                // once the log is closing).
+                let flushed = records.rotate_memtable().map(|_| {
+                    let until = std::time::Instant::now() + Duration::from_secs(30);
+                    while records.sealed_memtable_count() > 0
+                        && std::time::Instant::now() < until
+                        && !closing.load(Ordering::Acquire)
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
                     }
-                    flag.store(false, Ordering::Release);
                 });
-            if spawned.is_err() {
-                self.compacting.store(false, Ordering::Release);
-            }
+                if closing.load(Ordering::Acquire) {
+                    return;
+                }
+                if let Err(e) = flushed.and_then(|()| records.major_compact()) {
+                    tracing::warn!(error = %e, "log: reclaiming compaction failed");
+                }
+            });
+        match spawned {
+            Ok(h) => *reclaim = Some(h),
+            Err(e) => tracing::warn!(error = %e, "log: could not start a reclaiming compaction"),
         }
     }
 
@@ -641,7 +657,15 @@ impl Writer {
             let Some(inner) = self.inner.upgrade() else {
                 return;
             };
-            self.group(&inner, batch);
+            let (replies, err) = self.group(&inner, batch);
+            self.housekeeping(&inner);
+            // Let go of the log before answering: a caller that drops its
+            // last handle after its answer then always joins this thread
+            // (and the database is closed when its drop returns).
+            drop(inner);
+            for reply in replies {
+                reply(err.as_deref());
+            }
         }
     }
 
@@ -654,18 +678,19 @@ impl Writer {
         msg
     }
 
-    /// One group commit.
-    fn group(&mut self, inner: &Inner, batch: Vec<WriteReq>) {
+    /// One group commit: the answers to send, and the error text if the
+    /// write failed.
+    fn group(&mut self, inner: &Inner, batch: Vec<WriteReq>) -> (Vec<Reply>, Option<String>) {
         if let Some(e) = self.failed.clone() {
-            for req in batch {
-                let err = LogError::Storage(e.clone());
-                match req {
-                    WriteReq::Append { reply, .. } => drop(reply.send(Err(err))),
-                    WriteReq::Commit { reply, .. } => drop(reply.send(Err(err))),
-                    WriteReq::Delete { reply, .. } => drop(reply.send(Err(err))),
-                }
-            }
-            return;
+            let replies = batch
+                .into_iter()
+                .map(|req| match req {
+                    WriteReq::Append { reply, .. } => after_commit(reply, Ok(0)),
+                    WriteReq::Commit { reply, .. } => after_commit(reply, Ok(())),
+                    WriteReq::Delete { reply, .. } => after_commit(reply, Ok(0)),
+                })
+                .collect();
+            return (replies, Some(e));
         }
         let mut write = self.db.db.batch();
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
@@ -788,23 +813,28 @@ impl Writer {
                 }
             }
         }
+        // Readers below a new start get OffsetOutOfRange from now on, not
+        // a read of records the commit below is deleting.
+        for eff in &effects {
+            if let Effect::Started(t, p, start) = eff {
+                inner.topics[t][*p as usize]
+                    .start
+                    .store(*start, Ordering::Release);
+            }
+        }
         if !write.is_empty() {
             if let Err(e) = write
                 .durability(Some(fjall::PersistMode::SyncData))
                 .commit()
             {
                 let msg = self.fail(inner, e);
-                for reply in replies {
-                    reply(Some(&msg));
-                }
-                return;
+                return (replies, Some(msg));
             }
         }
         for eff in effects {
             match eff {
                 Effect::Started(t, p, s) => {
                     let part = &inner.topics[&t][p as usize];
-                    part.start.store(s, Ordering::Release);
                     part.tail.lock().expect("not poisoned").trim_below(s);
                 }
                 Effect::Appended {
@@ -832,10 +862,7 @@ impl Writer {
                 }
             }
         }
-        for reply in replies {
-            reply(None);
-        }
-        self.housekeeping();
+        (replies, None)
     }
 }
 

@@ -304,9 +304,12 @@ pub(crate) fn migrate(dir: &Path, ids: &[u32]) -> Result<()> {
     let moved = dir.join("segments.migrated");
     if db_path.exists() {
         // A migration that stopped after renaming its database into place
-        // finishes moving the segments away; anything else is not guessed at.
+        // finishes moving the segments it moved in away; any other segment
+        // file (written by an older version run on the folder since) is
+        // not guessed at.
         let db = Db::open(&db_path)?;
-        if !db.load_meta()?.migrated_segments {
+        let migrated = db.load_meta()?.migrated_segments.unwrap_or_default();
+        if !ids.iter().all(|id| migrated.contains(id)) {
             return Err(storage(format!(
                 "{} holds both segment files and a log database: move the segment files away (the database is the log)",
                 dir.display()
@@ -385,7 +388,8 @@ pub(crate) fn migrate(dir: &Path, ids: &[u32]) -> Result<()> {
             next.to_le_bytes(),
         );
     }
-    batch.insert(&db.meta, store::MIGRATED_SEGMENTS, []);
+    let marker: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+    batch.insert(&db.meta, store::MIGRATED_SEGMENTS, marker);
     batch.commit().map_err(storage)?;
     db.db
         .persist(fjall::PersistMode::SyncAll)
@@ -410,7 +414,10 @@ fn move_segments(dir: &Path, ids: &[u32], to: &Path) -> Result<()> {
         let name = from.file_name().expect("a file name").to_owned();
         std::fs::rename(&from, to.join(name)).map_err(storage)?;
     }
-    File::open(dir).and_then(|d| d.sync_all()).map_err(storage)
+    for d in [to, dir] {
+        File::open(d).and_then(|d| d.sync_all()).map_err(storage)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -487,6 +494,30 @@ mod tests {
         // Reopening finds the database alone.
         let log = EmbeddedLog::open(config(dir.path())).unwrap();
         assert_eq!(log.high_watermark("t.ops", 1).await.unwrap(), 5);
+        drop(log);
+        // A migration stopped before moving the segments away finishes.
+        std::fs::rename(
+            dir.path().join("segments.migrated/00000001.wal"),
+            segments::segment_path(dir.path(), 1),
+        )
+        .unwrap();
+        let log = EmbeddedLog::open(config(dir.path())).unwrap();
+        assert_eq!(log.high_watermark("t.ops", 1).await.unwrap(), 5);
+        drop(log);
+        assert!(segments::list(dir.path()).unwrap().is_empty());
+        // A segment file it did not move in (an older version run on the
+        // folder since) is refused, not moved aside unread.
+        std::fs::write(
+            segments::segment_path(dir.path(), 2),
+            segment(0, 1, &["new"]),
+        )
+        .unwrap();
+        let err = EmbeddedLog::open(config(dir.path())).err();
+        assert!(
+            matches!(&err, Some(LogError::Storage(m)) if m.contains("move the segment files away")),
+            "{:?}",
+            err.map(|e| e.to_string())
+        );
     }
 
     /// Frames missing between two segments are refused, not skipped over;

@@ -11,7 +11,8 @@
 //!     (u64 LE each), written in the same batch as the records it covers;
 //!   - `g | id (u32 BE) | partition (u32 BE) | group` → committed next
 //!     offset (u64 LE);
-//!   - `migrated-segments`: present once a segment-file log was moved in.
+//!   - `migrated-segments` → the ids of the segment files moved in
+//!     (u32 LE each), once a segment-file log was.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -50,7 +51,8 @@ pub(crate) struct Meta {
     pub parts: HashMap<(u32, Partition), PartMeta>,
     /// `(topic id, partition, group) -> next`
     pub groups: HashMap<(u32, Partition, String), Offset>,
-    pub migrated_segments: bool,
+    /// The segment files a migration moved in.
+    pub migrated_segments: Option<Vec<u32>>,
 }
 
 impl Db {
@@ -60,7 +62,9 @@ impl Db {
             // Readers at the tail are served from memory, and older
             // records from the OS page cache too: a small block cache.
             .cache_size(8 << 20)
-            .worker_threads(1)
+            // Two, so a long compaction never holds up flushes (fjall's
+            // first worker leaves compactions to the other).
+            .worker_threads(2)
             .max_journaling_size(64 << 20)
             .open()
             .map_err(|e| storage(format!("opening the log database {}: {e}", path.display())))?;
@@ -109,7 +113,9 @@ impl Db {
                     meta.groups
                         .insert((be32(&k[1..5]), be32(&k[5..9]), group.to_owned()), le64(&v));
                 }
-                _ if &k[..] == MIGRATED_SEGMENTS => meta.migrated_segments = true,
+                _ if &k[..] == MIGRATED_SEGMENTS && v.len() % 4 == 0 => {
+                    meta.migrated_segments = Some(v.chunks(4).map(le32).collect());
+                }
                 _ => return Err(bad("an unknown entry")),
             }
         }
