@@ -137,7 +137,6 @@ struct Inner {
     /// member of.
     meta: Arc<BaseConsumer>,
     readers: readers::Pool,
-    followers: readers::Followers,
     /// Partition counts, from metadata.
     partitions: RwLock<HashMap<String, u32>>,
     /// Groups this process is a member of: their commits go through the
@@ -189,13 +188,11 @@ impl KafkaLog {
             .create()
             .map_err(storage)?;
         let readers = readers::Pool::new(&config, metrics.clone());
-        let followers = readers::Followers::new(&config, metrics.clone());
         let inner = Arc::new(Inner {
             producer,
             ephemeral,
             meta: Arc::new(meta),
             readers,
-            followers,
             partitions: RwLock::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
             group_clients: Mutex::new(HashMap::new()),
@@ -446,26 +443,12 @@ impl OpLog for KafkaLog {
         wait: Duration,
     ) -> Result<Vec<Record>, LogError> {
         self.known(topic, partition)?;
-        // A fetch that waits follows its partition; one that does not is a
-        // one-off read.
-        let followed = if wait.is_zero() {
-            None
-        } else {
-            self.inner
-                .followers
-                .fetch(topic, partition, from, max, wait)
-                .await
-        };
-        let fetched = match followed {
-            Some(fetched) => fetched,
-            None => {
-                self.inner
-                    .readers
-                    .fetch(topic, partition, from, max, wait)
-                    .await
-            }
-        };
-        match fetched {
+        match self
+            .inner
+            .readers
+            .fetch(topic, partition, from, max, wait)
+            .await
+        {
             Err(readers::FetchError::OutOfRange) => {
                 let (lo, hi) = self.watermarks(topic, partition).await?;
                 if from < lo {
