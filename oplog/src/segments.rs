@@ -1,5 +1,9 @@
-//! The embedded log's files: one append-only stream of checksummed frames
-//! spread over numbered segment files (`00000001.wal`, ...).
+//! The segment-file format of the release before the log moved onto fjall:
+//! read once, to move such a log into the database (`legacy.rs`), and
+//! written only by the `log.redb` migration on its way there (`migrate.rs`).
+//!
+//! One append-only stream of checksummed frames spread over numbered
+//! segment files (`00000001.wal`, ...).
 //!
 //! A frame is `len: u32 | crc32: u32 | lsn: u64 | kind: u8 | payload`, all
 //! little-endian; `len` counts `kind` and the payload, the CRC covers `lsn`,
