@@ -603,8 +603,11 @@ impl Writer {
     /// every keyspace still holding an old journal, `meta` included, to
     /// flush.)
     fn housekeeping(&mut self, inner: &Inner) {
+        if self.deleted_since < RECLAIM_MIN {
+            return;
+        }
         let live: u64 = self.offsets.values().map(|m| m.next - m.start).sum();
-        if self.deleted_since < RECLAIM_MIN || self.deleted_since <= 2 * live {
+        if self.deleted_since <= 2 * live {
             return;
         }
         let mut reclaim = inner.reclaim.lock().expect("not poisoned");

@@ -55,8 +55,6 @@ struct Replay {
     /// Topics in the order checkpoints list them, with partition counts.
     topics: Vec<(String, u32)>,
     groups: HashMap<(String, String, Partition), Offset>,
-    /// Per segment, per partition: one past the highest offset written there.
-    seg_ends: BTreeMap<u32, HashMap<(String, Partition), u64>>,
     next_lsn: u64,
 }
 
@@ -141,18 +139,12 @@ impl Replay {
                     });
                 }
                 r.next += count as u64;
-                let end = r.next;
-                self.seg_ends
-                    .entry(seg)
-                    .or_default()
-                    .insert((topic, p), end);
             }
             segments::RELOCATE => {
                 let topic = b.str().map_err(bad)?.to_owned();
                 let p = b.u32().map_err(bad)?;
                 let count = b.u32().map_err(bad)?;
                 let r = self.part(seg, f.pos, &topic, p)?;
-                let mut end = 0;
                 for _ in 0..count {
                     let offset = b.u64().map_err(bad)?;
                     let (at, len) = b.skip_record().map_err(bad)?;
@@ -171,15 +163,7 @@ impl Replay {
                         r.first -= 1;
                     }
                     r.index[(offset - r.first) as usize] = loc;
-                    end = end.max(offset + 1);
                 }
-                let e = self
-                    .seg_ends
-                    .entry(seg)
-                    .or_default()
-                    .entry((topic, p))
-                    .or_default();
-                *e = (*e).max(end);
             }
             segments::COMMIT => {
                 let (key, next) = b.position().map_err(bad)?;
@@ -206,7 +190,6 @@ fn replay(dir: &Path, ids: &[u32]) -> Result<Replay> {
     let mut r = Replay::default();
     let mut expected: Option<u64> = None;
     for &seg in ids {
-        r.seg_ends.entry(seg).or_default();
         let mut scan = Scanner::open(&segments::segment_path(dir, seg)).map_err(storage)?;
         let mut first = true;
         while let Some(frame) = scan.next().map_err(storage)? {
