@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use prometheus::Registry;
 use protocol::{validate_doc_id, ErrorCode, ProtoError, ServerMsg};
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Auth, Feed, Health, Ingest, Principal};
@@ -153,10 +153,11 @@ impl Gateway {
 
 /// WebSocket limits: a message over `max_frame` bytes is not read past the
 /// limit (the connection is answered TOO_LARGE and closed, see `ws`).
-pub(crate) fn ws_upgrade_limits(ws: WebSocketUpgrade, max_frame: usize) -> WebSocketUpgrade {
+pub(crate) fn ws_config(max_frame: usize) -> WebSocketConfig {
     // tungstenite zero-fills its read buffer before every read (128 KiB by
     // default): with small frames that memset dominated the profile.
-    ws.max_message_size(max_frame)
-        .max_frame_size(max_frame)
+    WebSocketConfig::default()
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
         .read_buffer_size(READ_BUFFER)
 }

@@ -15,6 +15,7 @@ mod health;
 mod http;
 mod ingest;
 mod ratelimit;
+mod socket;
 mod ws;
 
 pub use auth::{Auth, Claims, Principal, Role};

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -10,11 +9,13 @@ use protocol::{
     now_ms, ClientMsg, ErrorCode, PresenceRecord, ProtoError, ServerMsg, RECORD_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::Instrument;
 
 use crate::feed::{Frame, Subscription};
-use crate::gateway::{error_response, overloaded, ws_upgrade_limits, Gateway};
+use crate::gateway::{error_response, overloaded, ws_config, Gateway};
 use crate::ratelimit::TokenBucket;
+use crate::socket::{Socket, Upgrade};
 use crate::Principal;
 
 pub(crate) async fn upgrade(
@@ -22,7 +23,7 @@ pub(crate) async fn upgrade(
     Path(doc): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     let admitted = gw.admit(&doc, &headers, &query);
     let Ok(permit) = gw.connections.clone().try_acquire_owned() else {
@@ -34,7 +35,7 @@ pub(crate) async fn upgrade(
         .map(|p| p.user.clone())
         .unwrap_or_default();
     let span = tracing::info_span!("conn", %doc, %user);
-    ws_upgrade_limits(ws, max).on_upgrade(move |socket| {
+    ws.on_upgrade(ws_config(max), move |socket| {
         async move {
             let _permit = permit;
             let metrics = gw.ingest.metrics().connections.clone();
@@ -66,7 +67,7 @@ struct Live {
 struct Conn {
     gw: Gateway,
     doc: String,
-    socket: WebSocket,
+    socket: Socket,
     joined: Option<Live>,
     ops: TokenBucket,
     presence: TokenBucket,
@@ -86,11 +87,9 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 /// 1009: message too big.
 const CLOSE_TOO_BIG: u16 = 1009;
 
-/// Whether a read failed because the message is over the size limit
-/// (tungstenite's capacity error; axum wraps it without its type).
-fn is_too_long(e: &axum::Error) -> bool {
-    let text = e.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+/// Whether a read failed because the message is over the size limit.
+fn is_too_long(e: &WsError) -> bool {
+    matches!(e, WsError::Capacity(_))
 }
 
 impl Conn {
@@ -104,26 +103,19 @@ impl Conn {
                 .inc();
         }
         self.socket
-            .send(Message::Text(msg.to_json().into()))
+            .send_text(msg.to_json().into())
             .await
             .map_err(|_| ())
     }
 
-    async fn send_frame(&mut self, f: &str) -> Result<(), ()> {
-        self.socket
-            .send(Message::Text(f.into()))
-            .await
-            .map_err(|_| ())
+    async fn send_frame(&mut self, f: &Frame) -> Result<(), ()> {
+        self.socket.send_shared(f).await.map_err(|_| ())
     }
 
     /// Sends a close frame and waits briefly for the peer's, so the client
     /// reads our last messages instead of a connection reset.
     async fn close(&mut self, code: u16, reason: &str) {
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        if self.socket.send(frame).await.is_err() {
+        if self.socket.send_close(code, reason).await.is_err() {
             return;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {

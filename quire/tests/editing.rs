@@ -517,3 +517,85 @@ async fn history_pages_while_the_archive_lags_the_window() {
         }
     }
 }
+
+/// A message longer than a fragment (the snapshot of a 20 kB document)
+/// leaves the server as a text frame and continuation frames of at most
+/// 4 KiB each, cut between code points, which reassemble to the message:
+/// the gateway's write buffer then never grows to a whole document
+/// (benches/README.md, memory per idle editor). Read frame by frame over a
+/// raw socket, since every WebSocket client reassembles them.
+#[test]
+fn long_messages_leave_in_fragments_that_reassemble() {
+    use std::io::{Read, Write};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameSocket;
+
+    let s = Server::start(&[]);
+    // 20,000 bytes of text, two bytes per "é", so a cut at an even byte
+    // count past an odd start would split a code point.
+    let text = format!("x{}", "é".repeat(9_999));
+    let body = serde_json::json!({"client": "w", "cseq": 1, "base": 0, "op": [text]});
+    let (status, _) = s.post("/v1/docs/big/ops", &body.to_string());
+    assert_eq!(status, 200);
+
+    let mut tcp = std::net::TcpStream::connect(&s.addr).unwrap();
+    tcp.set_read_timeout(Some(T)).unwrap();
+    write!(
+        tcp,
+        "GET /v1/docs/big/ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        s.addr
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    // A client frame must be masked; a zero key leaves the payload as is.
+    let hello = br#"{"type":"hello","client":"reader"}"#;
+    let mut frame = vec![0x81, 0x80 | hello.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(hello);
+    tcp.write_all(&frame).unwrap();
+
+    let mut frames = FrameSocket::new(tcp);
+    let mut sizes = Vec::new();
+    let mut message = Vec::new();
+    loop {
+        let f = frames.read(None).unwrap().expect("the snapshot's frames");
+        let want = if sizes.is_empty() {
+            Data::Text
+        } else {
+            Data::Continue
+        };
+        assert_eq!(
+            f.header().opcode,
+            OpCode::Data(want),
+            "frame {}",
+            sizes.len()
+        );
+        let fin = f.header().is_final;
+        sizes.push(f.payload().len());
+        std::str::from_utf8(f.payload()).expect("each fragment is whole code points");
+        message.extend_from_slice(f.payload());
+        if fin {
+            break;
+        }
+    }
+    assert!(sizes.len() >= 5, "fragments of {sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= 4096), "fragments of {sizes:?}");
+    let msg: serde_json::Value = serde_json::from_slice(&message).unwrap();
+    assert_eq!(msg["type"], "snapshot");
+    assert_eq!(msg["text"].as_str(), Some(text.as_str()));
+    // A short message is one frame.
+    let f = frames.read(None).unwrap().expect("ready");
+    assert!(f.header().is_final);
+    assert_eq!(f.header().opcode, OpCode::Data(Data::Text));
+    assert!(std::str::from_utf8(f.payload())
+        .unwrap()
+        .contains("\"ready\""));
+}
