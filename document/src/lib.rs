@@ -9,9 +9,11 @@
 mod cache;
 mod load;
 mod state;
+mod window;
 
 pub use cache::DocCache;
 pub use load::{
     load, records_after, LoadError, Sources, Topics, COMPACTOR_GROUP, TRANSFORMER_GROUP,
 };
 pub use state::{Dedup, DocError, DocState, WindowPolicy};
+pub use window::{Names, WindowOp};

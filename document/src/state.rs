@@ -4,6 +4,8 @@ use protocol::chain::{self, ChainHash};
 use protocol::{AppliedRecord, ClientEntry, ErrorCode, ProtoError, Snapshot};
 use ropey::Rope;
 
+use crate::window::{Names, WindowOp};
+
 /// How far back a document keeps applied ops to transform stale bases
 /// against (SPEC §9): at least `min_ops` ops and at least `min_age_ms` of
 /// the document's time, whichever reaches further — but never more than
@@ -92,7 +94,9 @@ pub struct DocState {
     /// bounded by the window's.
     pub clients: HashMap<String, ClientEntry>,
     /// Recent applied ops, oldest first.
-    pub window: VecDeque<AppliedRecord>,
+    pub window: VecDeque<WindowOp>,
+    /// The client and user names `window` refers to.
+    names: Names,
     /// Every applied op with `seq > floor` is in `window`.
     pub floor: u64,
     /// `ts` of the newest applied op (the document's clock).
@@ -112,8 +116,8 @@ pub struct DocState {
 pub enum Dedup<'a> {
     /// Newer than the client's last op: a new op.
     New,
-    /// Applied, and still in the window: the record.
-    Applied(&'a AppliedRecord),
+    /// Applied, and still in the window: the op.
+    Applied(&'a WindowOp),
     /// At or below the client's last op but no longer in the window: it was
     /// applied at `seq` when that is known (it was the client's last op),
     /// otherwise only the archive can tell whether it ever was.
@@ -128,6 +132,7 @@ impl DocState {
             text: Rope::new(),
             clients: HashMap::new(),
             window: VecDeque::new(),
+            names: Names::default(),
             floor: 0,
             clock: i64::MIN,
             since_snapshot: 0,
@@ -147,6 +152,7 @@ impl DocState {
                 .map(|c| (c.client.clone(), c.clone()))
                 .collect(),
             window: VecDeque::new(),
+            names: Names::default(),
             floor: s.seq,
             clock: i64::MIN,
             since_snapshot: 0,
@@ -212,7 +218,7 @@ impl DocState {
                 self.clients.insert(r.client.clone(), entry(&r));
             }
             self.deltas.push_front(delta(&r));
-            self.window.push_front(r);
+            self.window.push_front(WindowOp::new(&r, &mut self.names));
         }
     }
 
@@ -231,7 +237,7 @@ impl DocState {
             seq: r.seq,
             source,
         })?;
-        self.push_applied(r.clone());
+        self.push_applied(r);
         Ok(())
     }
 
@@ -240,7 +246,7 @@ impl DocState {
     /// record's `hash` (checking it is `quire audit`'s job); a version-1
     /// record, which has none, resets it to [`chain::GENESIS`] (so does a
     /// snapshot from before the chain), whichever way the state was built.
-    pub fn push_applied(&mut self, r: AppliedRecord) {
+    pub fn push_applied(&mut self, r: &AppliedRecord) {
         self.chain = r
             .hash
             .as_deref()
@@ -249,9 +255,9 @@ impl DocState {
         self.version = r.seq;
         self.clock = self.clock.max(r.ts);
         self.since_snapshot += 1;
-        self.clients.insert(r.client.clone(), entry(&r));
-        self.deltas.push_back(delta(&r));
-        self.window.push_back(r);
+        self.clients.insert(r.client.clone(), entry(r));
+        self.deltas.push_back(delta(r));
+        self.window.push_back(WindowOp::new(r, &mut self.names));
     }
 
     /// Drops window ops beyond the policy, judged by the document's clock,
@@ -276,6 +282,7 @@ impl DocState {
     pub fn prune_clients(&mut self) {
         let floor = self.floor;
         self.clients.retain(|_, e| e.seq > floor);
+        self.names.prune();
     }
 
     /// The compactor keeps no window (it only snapshots), but keeps the
@@ -284,6 +291,7 @@ impl DocState {
     pub fn drop_window(&mut self, keep: usize) {
         self.floor = self.version;
         self.window.clear();
+        self.names.prune();
         self.deltas.clear();
         if self.clients.len() > keep {
             let mut seqs: Vec<u64> = self.clients.values().map(|e| e.seq).collect();
@@ -311,7 +319,7 @@ impl DocState {
                     .window
                     .iter()
                     .rev()
-                    .find(|r| r.client == client && r.cseq == cseq)
+                    .find(|r| &*r.client == client && r.cseq == cseq)
                 {
                     Some(r) => Dedup::Applied(r),
                     None => Dedup::Forgotten {
@@ -325,7 +333,7 @@ impl DocState {
 
     /// The applied ops after version `base`, or None when the window does not
     /// reach back that far.
-    pub fn ops_after(&self, base: u64) -> Option<impl Iterator<Item = &AppliedRecord>> {
+    pub fn ops_after(&self, base: u64) -> Option<impl Iterator<Item = &WindowOp>> {
         if base < self.floor {
             return None;
         }

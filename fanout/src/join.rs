@@ -58,7 +58,7 @@ impl JoinPlan {
                 .filter(|_| version_gap_ops(state, s) <= MAX_CATCHUP)
             {
                 return JoinPlan::CatchUp {
-                    ops: ops.cloned().collect(),
+                    ops: ops.map(|w| w.record(&state.doc)).collect(),
                     version,
                 };
             }

@@ -38,7 +38,7 @@ impl Fanout {
                 let state = &part.docs.get_mut(doc).expect("locked() loads it").state;
                 state
                     .ops_after(from)
-                    .map(|ops| ops.take(want).cloned().collect())
+                    .map(|ops| ops.take(want).map(|w| w.record(doc)).collect())
             };
             match recent {
                 Some(r) => out.extend(r),

@@ -66,7 +66,7 @@ pub fn check(
     user: &str,
 ) -> Result<Checked, ProtoError> {
     Ok(match state.dedup_check(client, cseq, user)? {
-        Dedup::Applied(r) => Checked::Done(Found::Applied(r.clone())),
+        Dedup::Applied(r) => Checked::Done(Found::Applied(r.record(&state.doc))),
         Dedup::Forgotten { seq } => Checked::AskArchive(Ask::Forgotten { seq }),
         Dedup::New if base < state.floor && !state.clients.contains_key(client) => {
             Checked::AskArchive(Ask::Unknown { floor: state.floor })
@@ -187,7 +187,7 @@ impl Fanout {
         let hub = part.docs.get_mut(doc).expect("locked() loads it");
         // It may have been applied while the lock was released.
         if let Dedup::Applied(r) = hub.state.dedup_check(client, cseq, user)? {
-            return Ok(Waited::AlreadyApplied(Box::new(r.clone())));
+            return Ok(Waited::AlreadyApplied(Box::new(r.record(doc))));
         }
         let (tx, rx) = oneshot::channel();
         // Waiters that gave up (their request went away) go now.

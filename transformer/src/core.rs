@@ -124,7 +124,7 @@ pub fn process(state: &mut DocState, raw: &RawRecord, seq: u64, cfg: &CoreConfig
     }
     let mut op = sent.clone();
     for applied in later {
-        op = ot::transform(&op, &applied.op, Side::Right);
+        op = ot::transform(&op, &applied.op(), Side::Right);
     }
     let after_bytes = state.text_len_bytes() + op.inserted_bytes();
     if after_bytes > cfg.max_doc_bytes {
@@ -166,7 +166,7 @@ pub fn process(state: &mut DocState, raw: &RawRecord, seq: u64, cfg: &CoreConfig
             ),
         );
     }
-    state.push_applied(rec.clone());
+    state.push_applied(&rec);
     state.trim(cfg.window);
     Outcome::Applied(rec)
 }

@@ -1,0 +1,293 @@
+//! A window op: an applied record as a document's window keeps it.
+//!
+//! SPEC §9's window keeps the last 10,000 ops (or 10 minutes) of every
+//! document in memory, in the transformer and in fanout, so its size per op
+//! is most of a role's memory when people type one character per op. An
+//! [`AppliedRecord`] there cost about 520 bytes per keystroke (its own
+//! strings for the doc id, client, user and hex hash, and a vector of
+//! components with a string per insert). A [`WindowOp`] keeps the same
+//! content in 128 bytes plus one small allocation: the doc id is the
+//! state's, client and user names are shared through the state's
+//! [`Names`], the hash is 32 bytes, and the op and deleted text are packed
+//! into one byte string. [`WindowOp::record`] gives the record back exactly.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ot::{Component, Op};
+use protocol::chain::{self, ChainHash};
+use protocol::AppliedRecord;
+
+/// The client and user names a document's window refers to, each held once.
+#[derive(Debug, Clone, Default)]
+pub struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    pub fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.0.insert(n.clone());
+        n
+    }
+
+    /// Forgets names no window op refers to any more.
+    pub fn prune(&mut self) {
+        self.0.retain(|n| Arc::strong_count(n) > 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// How the record's hash is kept: as bytes when its text is the canonical
+/// lowercase hex (always, for records this code wrote), else as it was, at
+/// the end of the packed body.
+const NO_HASH: u8 = 0;
+const HASH_BYTES: u8 = 1;
+const HASH_TEXT: u8 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowOp {
+    pub seq: u64,
+    pub prev: u64,
+    pub cseq: u64,
+    pub base: u64,
+    pub ts: i64,
+    pub v: u32,
+    hash_kind: u8,
+    pub client: Arc<str>,
+    pub user: Arc<str>,
+    /// The op's components, the deleted strings, a hash that is not
+    /// canonical hex (see `pack`).
+    body: Box<[u8]>,
+    hash: ChainHash,
+}
+
+const RETAIN: u8 = 0;
+const INSERT: u8 = 1;
+const DELETE: u8 = 2;
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Reads what `pack` wrote; the bytes never came from outside.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> u64 {
+        let mut n = 0u64;
+        let mut shift = 0;
+        loop {
+            let b = self.0[0];
+            self.0 = &self.0[1..];
+            n |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return n;
+            }
+            shift += 7;
+        }
+    }
+
+    fn str(&mut self) -> &'a str {
+        let len = self.varint() as usize;
+        let (s, rest) = self.0.split_at(len);
+        self.0 = rest;
+        std::str::from_utf8(s).expect("packed from a str")
+    }
+}
+
+/// `[component count, components…, deleted count, deleted strings…,
+/// hash text if not canonical]`.
+fn pack(op: &Op, del: &[String], hash_text: Option<&str>) -> Box<[u8]> {
+    let mut out =
+        Vec::with_capacity(4 + op.inserted_bytes() + del.iter().map(String::len).sum::<usize>());
+    put_varint(&mut out, op.components().len() as u64);
+    for c in op.components() {
+        match c {
+            Component::Retain(n) => {
+                out.push(RETAIN);
+                put_varint(&mut out, *n as u64);
+            }
+            Component::Insert(s) => {
+                out.push(INSERT);
+                put_str(&mut out, s);
+            }
+            Component::Delete(n) => {
+                out.push(DELETE);
+                put_varint(&mut out, *n as u64);
+            }
+        }
+    }
+    put_varint(&mut out, del.len() as u64);
+    for d in del {
+        put_str(&mut out, d);
+    }
+    if let Some(h) = hash_text {
+        put_str(&mut out, h);
+    }
+    out.into_boxed_slice()
+}
+
+impl WindowOp {
+    pub fn new(r: &AppliedRecord, names: &mut Names) -> WindowOp {
+        let (hash_kind, hash, text) = match r.hash.as_deref() {
+            None => (NO_HASH, chain::GENESIS, None),
+            Some(h) => match chain::from_hex(h) {
+                Some(b) if chain::to_hex(&b) == h => (HASH_BYTES, b, None),
+                _ => (HASH_TEXT, chain::GENESIS, Some(h)),
+            },
+        };
+        WindowOp {
+            seq: r.seq,
+            prev: r.prev,
+            cseq: r.cseq,
+            base: r.base,
+            ts: r.ts,
+            v: r.v,
+            hash_kind,
+            client: names.get(&r.client),
+            user: names.get(&r.user),
+            body: pack(&r.op, &r.del, text),
+            hash,
+        }
+    }
+
+    fn components(&self) -> (Reader<'_>, usize) {
+        let mut r = Reader(&self.body);
+        let n = r.varint() as usize;
+        (r, n)
+    }
+
+    /// The op (built anew on each call).
+    pub fn op(&self) -> Op {
+        self.op_and_rest().0
+    }
+
+    fn op_and_rest(&self) -> (Op, Reader<'_>) {
+        let (mut r, n) = self.components();
+        let mut parts = Vec::with_capacity(n);
+        for _ in 0..n {
+            let tag = r.0[0];
+            r.0 = &r.0[1..];
+            parts.push(match tag {
+                RETAIN => Component::Retain(r.varint() as usize),
+                INSERT => Component::Insert(r.str().to_owned()),
+                _ => Component::Delete(r.varint() as usize),
+            });
+        }
+        // Packed from an op in normal form, so this changes nothing.
+        (Op::from_components(parts), r)
+    }
+
+    /// The record this was made from, with the document's id.
+    pub fn record(&self, doc: &str) -> AppliedRecord {
+        let (op, mut rest) = self.op_and_rest();
+        let n = rest.varint() as usize;
+        let del = (0..n).map(|_| rest.str().to_owned()).collect();
+        let hash = match self.hash_kind {
+            NO_HASH => None,
+            HASH_BYTES => Some(chain::to_hex(&self.hash)),
+            _ => Some(rest.str().to_owned()),
+        };
+        AppliedRecord {
+            v: self.v,
+            doc: doc.to_owned(),
+            seq: self.seq,
+            prev: self.prev,
+            client: self.client.to_string(),
+            cseq: self.cseq,
+            base: self.base,
+            user: self.user.to_string(),
+            ts: self.ts,
+            op,
+            del,
+            hash,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(op: Op, del: &[&str], hash: Option<&str>) -> AppliedRecord {
+        AppliedRecord {
+            v: 2,
+            doc: "d".into(),
+            seq: 300,
+            prev: 299,
+            client: "client-é".into(),
+            cseq: 1 << 40,
+            base: 7,
+            user: "u".into(),
+            ts: -5,
+            op,
+            del: del.iter().map(|s| s.to_string()).collect(),
+            hash: hash.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn records_come_back_exactly() {
+        let good = chain::to_hex(&[0xab; 32]);
+        let upper = good.to_uppercase();
+        let cases = [
+            rec(Op::noop(), &[], None),
+            rec(Op::splice(0, 0, "a"), &[], Some(&good)),
+            rec(Op::splice(200, 3, "日本語 ✓"), &["xyz"], Some(&upper)),
+            rec(
+                Op::from_components([
+                    Component::Retain(1 << 20),
+                    Component::Delete(2),
+                    Component::Retain(5),
+                    Component::Insert("".into()),
+                    Component::Insert("b".repeat(300)),
+                    Component::Delete(1),
+                ]),
+                &["é", "", "c"],
+                Some("not hex"),
+            ),
+        ];
+        let mut names = Names::default();
+        for r in cases {
+            let w = WindowOp::new(&r, &mut names);
+            assert_eq!(w.record("d"), r);
+            assert_eq!(w.op(), r.op);
+        }
+        // One copy of each name, dropped once no op refers to it.
+        assert_eq!(names.len(), 2);
+        names.prune();
+        assert!(names.is_empty());
+    }
+
+    /// What a window costs per op (module doc): the struct stays at 128
+    /// bytes, and a keystroke's packed body is a few bytes.
+    #[test]
+    fn a_keystroke_is_small() {
+        assert!(
+            std::mem::size_of::<WindowOp>() <= 128,
+            "{}",
+            std::mem::size_of::<WindowOp>()
+        );
+        let mut names = Names::default();
+        let w = WindowOp::new(&rec(Op::splice(1234, 0, "a"), &[], None), &mut names);
+        assert!(w.body.len() <= 8, "{} bytes", w.body.len());
+    }
+}
