@@ -182,18 +182,19 @@ impl WindowOp {
 
     fn op_and_rest(&self) -> (Op, Reader<'_>) {
         let (mut r, n) = self.components();
-        let mut parts = Vec::with_capacity(n);
-        for _ in 0..n {
+        let parts = (0..n).map(|_| {
             let tag = r.0[0];
             r.0 = &r.0[1..];
-            parts.push(match tag {
+            match tag {
                 RETAIN => Component::Retain(r.varint() as usize),
                 INSERT => Component::Insert(r.str().to_owned()),
                 _ => Component::Delete(r.varint() as usize),
-            });
-        }
-        // Packed from an op in normal form, so this changes nothing.
-        (Op::from_components(parts), r)
+            }
+        });
+        // Packed from an op in normal form, so normalising changes nothing
+        // (and costs a match per component).
+        let op = Op::from_components(parts);
+        (op, r)
     }
 
     /// The record this was made from, with the document's id.

@@ -3,8 +3,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use document::DocState;
-use protocol::{AppliedRecord, ErrorCode, ServerMsg};
+use document::{DocState, WindowOp};
+use protocol::{ErrorCode, ServerMsg};
 use ropey::Rope;
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,7 +36,9 @@ fn version_gap_ops(state: &DocState, since: u64) -> usize {
 /// clone shares the text) and turned into messages after it.
 enum JoinPlan {
     CatchUp {
-        ops: Vec<AppliedRecord>,
+        doc: String,
+        /// Window ops are cheap to clone; records are made after the lock.
+        ops: Vec<WindowOp>,
         version: u64,
     },
     Snapshot {
@@ -58,7 +60,8 @@ impl JoinPlan {
                 .filter(|_| version_gap_ops(state, s) <= MAX_CATCHUP)
             {
                 return JoinPlan::CatchUp {
-                    ops: ops.map(|w| w.record(&state.doc)).collect(),
+                    doc: state.doc.clone(),
+                    ops: ops.cloned().collect(),
                     version,
                 };
             }
@@ -71,9 +74,9 @@ impl JoinPlan {
 
     fn messages(self) -> Vec<ServerMsg> {
         match self {
-            JoinPlan::CatchUp { ops, version } => ops
+            JoinPlan::CatchUp { doc, ops, version } => ops
                 .iter()
-                .map(ServerMsg::applied)
+                .map(|w| ServerMsg::applied(&w.record(&doc)))
                 .chain([ServerMsg::Ready { seq: version }])
                 .collect(),
             JoinPlan::Snapshot { text, version } => vec![

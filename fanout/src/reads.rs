@@ -1,6 +1,6 @@
 //! Reads: the current text, time travel, and history pages.
 
-use document::{load, records_after};
+use document::{load, records_after, WindowOp};
 use protocol::AppliedRecord;
 
 use crate::{Fanout, FanoutError};
@@ -33,15 +33,16 @@ impl Fanout {
         if out.len() < limit {
             let from = out.last().map_or(after, |r| r.seq);
             let want = limit - out.len();
-            let recent: Option<Vec<AppliedRecord>> = {
+            // Window ops are cheap to clone; records are made after the lock.
+            let recent: Option<Vec<WindowOp>> = {
                 let mut part = self.locked(doc).await?;
                 let state = &part.docs.get_mut(doc).expect("locked() loads it").state;
                 state
                     .ops_after(from)
-                    .map(|ops| ops.take(want).map(|w| w.record(doc)).collect())
+                    .map(|ops| ops.take(want).cloned().collect())
             };
             match recent {
-                Some(r) => out.extend(r),
+                Some(r) => out.extend(r.iter().map(|w| w.record(doc))),
                 // The archive lags the window's floor (the compactor
                 // archives in batches): the rest is in the applied topic.
                 None => out.extend(records_after(self.sources(), doc, from, want).await?),

@@ -8,8 +8,10 @@
 //! [`FRAGMENT`] therefore go out as a text frame followed by continuation
 //! frames (RFC 6455 §5.4; every WebSocket client reassembles them), each
 //! written to the socket before the next is buffered, so the buffer stays
-//! near one fragment. Frames are built over shared bytes, so a frame that
-//! fanout broadcasts to many editors is not copied per connection.
+//! near one fragment. A frame fanout broadcasts to many editors is handed
+//! to tungstenite as the shared bytes themselves (tungstenite still copies
+//! it into each connection's write buffer, but no intermediate string is
+//! made per connection).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -142,22 +144,16 @@ impl AsRef<[u8]> for Shared {
     }
 }
 
-/// Where `text` is cut into fragments of at most `max` bytes each, never
-/// inside a UTF-8 sequence (so each fragment is valid text on its own).
-fn cuts(text: &str, max: usize) -> Vec<(usize, usize)> {
-    assert!(max >= 4, "a fragment must hold any code point");
-    let mut out = Vec::with_capacity(text.len() / max + 1);
-    let mut start = 0;
-    while text.len() - start > max {
-        let mut end = start + max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.push((start, end));
-        start = end;
+/// The end of the fragment of UTF-8 `text` that starts at `start`: at most
+/// `max` bytes on, never inside a code point (so each fragment is valid
+/// text on its own). A continuation byte is `0b10xx_xxxx`.
+fn cut(text: &[u8], start: usize, max: usize) -> usize {
+    debug_assert!(max >= 4, "a fragment must hold any code point");
+    let mut end = text.len().min(start + max);
+    while end < text.len() && text[end] & 0xC0 == 0x80 {
+        end -= 1;
     }
-    out.push((start, text.len()));
-    out
+    end
 }
 
 pub(crate) struct Socket {
@@ -166,23 +162,36 @@ pub(crate) struct Socket {
 
 impl Socket {
     /// Sends one text message, in fragments if it is long.
-    pub(crate) async fn send_text(&mut self, text: Bytes) -> Result<(), Error> {
-        // `text` is valid UTF-8: it came from a `str`.
-        let s = std::str::from_utf8(&text).expect("send_text takes text");
-        let parts = cuts(s, FRAGMENT);
-        let last = parts.len() - 1;
-        for (i, (a, b)) in parts.into_iter().enumerate() {
-            let op = if i == 0 { Data::Text } else { Data::Continue };
-            let frame = Frame::message(text.slice(a..b), OpCode::Data(op), i == last);
-            self.inner.feed(Message::Frame(frame)).await?;
-        }
-        self.inner.flush().await
+    pub(crate) async fn send_text(&mut self, text: String) -> Result<(), Error> {
+        self.send_utf8(Bytes::from(text)).await
     }
 
     /// Sends a frame that may be shared with other connections.
     pub(crate) async fn send_shared(&mut self, frame: &Arc<str>) -> Result<(), Error> {
-        self.send_text(Bytes::from_owner(Shared(frame.clone())))
+        self.send_utf8(Bytes::from_owner(Shared(frame.clone())))
             .await
+    }
+
+    /// `text` (UTF-8) as a text frame, then continuation frames if longer
+    /// than a fragment.
+    async fn send_utf8(&mut self, text: Bytes) -> Result<(), Error> {
+        let mut start = 0;
+        loop {
+            let end = cut(&text, start, FRAGMENT);
+            let op = if start == 0 {
+                Data::Text
+            } else {
+                Data::Continue
+            };
+            let last = end == text.len();
+            let frame = Frame::message(text.slice(start..end), OpCode::Data(op), last);
+            self.inner.feed(Message::Frame(frame)).await?;
+            if last {
+                break;
+            }
+            start = end;
+        }
+        self.inner.flush().await
     }
 
     pub(crate) async fn send_close(&mut self, code: u16, reason: &str) -> Result<(), Error> {
@@ -193,6 +202,12 @@ impl Socket {
         self.inner.send(Message::Close(Some(frame))).await
     }
 
+    /// Sends what the library queued on its own: after the peer's close,
+    /// the closing reply (RFC 6455 §5.5.1), which ends the connection.
+    pub(crate) async fn finish(&mut self) {
+        let _ = self.inner.flush().await;
+    }
+
     /// The next message; pings are answered by the library.
     pub(crate) async fn recv(&mut self) -> Option<Result<Message, Error>> {
         self.inner.next().await
@@ -201,18 +216,33 @@ impl Socket {
 
 #[cfg(test)]
 mod tests {
-    use super::cuts;
+    use super::cut;
+
+    fn parts(s: &str, max: usize) -> Vec<(usize, usize)> {
+        let mut out = vec![];
+        let mut start = 0;
+        loop {
+            let end = cut(s.as_bytes(), start, max);
+            out.push((start, end));
+            if end == s.len() {
+                return out;
+            }
+            start = end;
+        }
+    }
 
     #[test]
     fn fragments_cover_the_text_and_keep_code_points_whole() {
-        assert_eq!(cuts("", 4), [(0, 0)]);
-        assert_eq!(cuts("abcd", 4), [(0, 4)]);
-        assert_eq!(cuts("abcdefghi", 4), [(0, 4), (4, 8), (8, 9)]);
-        // "é" is two bytes: a cut never falls inside it.
+        assert_eq!(parts("", 4), [(0, 0)]);
+        assert_eq!(parts("abcd", 4), [(0, 4)]);
+        assert_eq!(parts("abcdefghi", 4), [(0, 4), (4, 8), (8, 9)]);
+        // "é" is two bytes and "€" three: a cut never falls inside them.
         let s = "abcé€fg";
-        let parts = cuts(s, 4);
-        assert_eq!(parts, [(0, 3), (3, 5), (5, 9), (9, 10)]);
-        let joined: String = parts.iter().map(|&(a, b)| &s[a..b]).collect();
+        let p = parts(s, 4);
+        assert_eq!(p, [(0, 3), (3, 5), (5, 9), (9, 10)]);
+        let joined: String = p.iter().map(|&(a, b)| &s[a..b]).collect();
         assert_eq!(joined, s);
+        let s = "😀".repeat(3);
+        assert_eq!(parts(&s, 5), [(0, 4), (4, 8), (8, 12)]);
     }
 }

@@ -87,6 +87,11 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 /// 1009: message too big.
 const CLOSE_TOO_BIG: u16 = 1009;
 
+/// How long one message may take to go out. A client that stops reading
+/// blocks only its own connection's task, which then ends, so it cannot
+/// hold a connection permit (or miss its cut-off) for ever.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Whether a read failed because the message is over the size limit.
 fn is_too_long(e: &WsError) -> bool {
     matches!(e, WsError::Capacity(_))
@@ -102,20 +107,20 @@ impl Conn {
                 .with_label_values(&[code.as_str()])
                 .inc();
         }
-        self.socket
-            .send_text(msg.to_json().into())
-            .await
-            .map_err(|_| ())
+        let sent = tokio::time::timeout(WRITE_TIMEOUT, self.socket.send_text(msg.to_json())).await;
+        matches!(sent, Ok(Ok(()))).then_some(()).ok_or(())
     }
 
     async fn send_frame(&mut self, f: &Frame) -> Result<(), ()> {
-        self.socket.send_shared(f).await.map_err(|_| ())
+        let sent = tokio::time::timeout(WRITE_TIMEOUT, self.socket.send_shared(f)).await;
+        matches!(sent, Ok(Ok(()))).then_some(()).ok_or(())
     }
 
     /// Sends a close frame and waits briefly for the peer's, so the client
     /// reads our last messages instead of a connection reset.
     async fn close(&mut self, code: u16, reason: &str) {
-        if self.socket.send_close(code, reason).await.is_err() {
+        let sent = tokio::time::timeout(WRITE_TIMEOUT, self.socket.send_close(code, reason)).await;
+        if !matches!(sent, Ok(Ok(()))) {
             return;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
@@ -178,7 +183,12 @@ impl Conn {
                         self.close(CLOSE_TOO_BIG, "TOO_LARGE").await;
                         break;
                     }
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Close(_))) => {
+                        // The library queued the closing reply: send it.
+                        let _ = tokio::time::timeout(WRITE_TIMEOUT, self.socket.finish()).await;
+                        break;
+                    }
+                    None | Some(Err(_)) => break,
                     Some(Ok(Message::Text(t))) => {
                         if let Flow::Close = self.handle(&who, t.as_str()).await { break }
                     }

@@ -518,31 +518,18 @@ async fn history_pages_while_the_archive_lags_the_window() {
     }
 }
 
-/// A message longer than a fragment (the snapshot of a 20 kB document)
-/// leaves the server as a text frame and continuation frames of at most
-/// 4 KiB each, cut between code points, which reassemble to the message:
-/// the gateway's write buffer then never grows to a whole document
-/// (benches/README.md, memory per idle editor). Read frame by frame over a
-/// raw socket, since every WebSocket client reassembles them.
-#[test]
-fn long_messages_leave_in_fragments_that_reassemble() {
+/// A WebSocket to `doc` over a plain TCP socket, read frame by frame (every
+/// WebSocket client library reassembles fragments and answers closes).
+fn raw_websocket(
+    s: &Server,
+    doc: &str,
+) -> tokio_tungstenite::tungstenite::protocol::frame::FrameSocket<std::net::TcpStream> {
     use std::io::{Read, Write};
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    use tokio_tungstenite::tungstenite::protocol::frame::FrameSocket;
-
-    let s = Server::start(&[]);
-    // 20,000 bytes of text, two bytes per "é", so a cut at an even byte
-    // count past an odd start would split a code point.
-    let text = format!("x{}", "é".repeat(9_999));
-    let body = serde_json::json!({"client": "w", "cseq": 1, "base": 0, "op": [text]});
-    let (status, _) = s.post("/v1/docs/big/ops", &body.to_string());
-    assert_eq!(status, 200);
-
     let mut tcp = std::net::TcpStream::connect(&s.addr).unwrap();
     tcp.set_read_timeout(Some(T)).unwrap();
     write!(
         tcp,
-        "GET /v1/docs/big/ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        "GET /v1/docs/{doc}/ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
         s.addr
     )
@@ -556,13 +543,42 @@ fn long_messages_leave_in_fragments_that_reassemble() {
     let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
-    // A client frame must be masked; a zero key leaves the payload as is.
-    let hello = br#"{"type":"hello","client":"reader"}"#;
-    let mut frame = vec![0x81, 0x80 | hello.len() as u8, 0, 0, 0, 0];
-    frame.extend_from_slice(hello);
-    tcp.write_all(&frame).unwrap();
+    tokio_tungstenite::tungstenite::protocol::frame::FrameSocket::new(tcp)
+}
 
-    let mut frames = FrameSocket::new(tcp);
+/// Writes one client frame (`first`: FIN and opcode), masked as a client's
+/// must be; a zero key leaves the payload as it is.
+fn send_raw(
+    ws: &mut tokio_tungstenite::tungstenite::protocol::frame::FrameSocket<std::net::TcpStream>,
+    first: u8,
+    payload: &[u8],
+) {
+    use std::io::Write;
+    assert!(payload.len() < 126);
+    let mut frame = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    ws.get_mut().write_all(&frame).unwrap();
+}
+
+/// A message longer than a fragment (the snapshot of a 20 kB document)
+/// leaves the server as a text frame and continuation frames of at most
+/// 4 KiB each, cut between code points, which reassemble to the message:
+/// the gateway's write buffer then never grows to a whole document
+/// (benches/README.md, memory per idle editor).
+#[test]
+fn long_messages_leave_in_fragments_that_reassemble() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let s = Server::start(&[]);
+    // 20,000 bytes of text, two bytes per "é", so a cut at an even byte
+    // count past an odd start would split a code point.
+    let text = format!("x{}", "é".repeat(9_999));
+    let body = serde_json::json!({"client": "w", "cseq": 1, "base": 0, "op": [text]});
+    let (status, _) = s.post("/v1/docs/big/ops", &body.to_string());
+    assert_eq!(status, 200);
+
+    let mut frames = raw_websocket(&s, "big");
+    send_raw(&mut frames, 0x81, br#"{"type":"hello","client":"reader"}"#);
     let mut sizes = Vec::new();
     let mut message = Vec::new();
     loop {
@@ -598,4 +614,25 @@ fn long_messages_leave_in_fragments_that_reassemble() {
     assert!(std::str::from_utf8(f.payload())
         .unwrap()
         .contains("\"ready\""));
+}
+
+/// A client that closes gets the server's closing frame back, echoing its
+/// code (RFC 6455 §5.5.1), not a dropped connection (1006 in a browser).
+#[test]
+fn a_client_close_is_answered_with_a_close() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, OpCode};
+
+    let s = Server::start(&[]);
+    let mut frames = raw_websocket(&s, "closing");
+    send_raw(&mut frames, 0x81, br#"{"type":"hello","client":"c"}"#);
+    let ready = frames.read(None).unwrap().expect("snapshot");
+    assert!(std::str::from_utf8(ready.payload())
+        .unwrap()
+        .contains("snapshot"));
+    frames.read(None).unwrap().expect("ready");
+    // Close, code 1000.
+    send_raw(&mut frames, 0x88, &1000u16.to_be_bytes());
+    let f = frames.read(None).unwrap().expect("the closing reply");
+    assert_eq!(f.header().opcode, OpCode::Control(Control::Close));
+    assert_eq!(f.payload()[..2], 1000u16.to_be_bytes());
 }
