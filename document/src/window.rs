@@ -149,10 +149,14 @@ impl WindowOp {
     pub fn new(r: &AppliedRecord, names: &mut Names) -> WindowOp {
         let (hash_kind, hash, text) = match r.hash.as_deref() {
             None => (NO_HASH, chain::GENESIS, None),
-            Some(h) => match chain::from_hex(h) {
-                Some(b) if chain::to_hex(&b) == h => (HASH_BYTES, b, None),
-                _ => (HASH_TEXT, chain::GENESIS, Some(h)),
-            },
+            // Canonical: what `to_hex` writes, 64 lowercase hex digits.
+            Some(h)
+                if h.len() == 64 && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) =>
+            {
+                let b = chain::from_hex(h).expect("64 hex digits");
+                (HASH_BYTES, b, None)
+            }
+            Some(h) => (HASH_TEXT, chain::GENESIS, Some(h)),
         };
         WindowOp {
             seq: r.seq,

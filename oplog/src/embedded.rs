@@ -951,10 +951,11 @@ impl OpLog for EmbeddedLog {
         if let Some(records) = part.tail.lock().expect("not poisoned").range(from, end) {
             return Ok(records);
         }
-        let (db, id) = (self.inner.db.clone(), part.topic_id);
+        let id = part.topic_id;
         let out = if end - from <= INLINE_READ as u64 {
-            read_db(&db, id, partition, from, end)
+            read_db(&self.inner.db, id, partition, from, end)
         } else {
+            let db = self.inner.db.clone();
             tokio::task::spawn_blocking(move || read_db(&db, id, partition, from, end))
                 .await
                 .map_err(storage)?
