@@ -5,6 +5,7 @@
 //
 //   node memory.mjs [DOCS] [SIZE] [OPS] [IDLE_EDITORS]   (default 2000 10000 10 2000)
 // QUIRE_BIN: the quire binary. Extra arguments for `quire serve` after `--`.
+// SETTLE_MS (default 3000): idle time before resident memory is read.
 import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -85,7 +86,8 @@ const parallel = 32;
 for (let d = 0; d < docs; d += parallel) {
   await Promise.all(Array.from({ length: Math.min(parallel, docs - d) }, (_, k) => fill(d + k)));
 }
-await sleep(3000);
+// SETTLE_MS: how long the documents sit idle before the measure.
+await sleep(Number(process.env.SETTLE_MS ?? 3000));
 const rssActive = rssKiB(server.pid);
 
 const extraEditors = [];

@@ -80,6 +80,11 @@ impl<V> DocCache<V> {
         self.map.drain().map(|(k, (v, _))| (k, v))
     }
 
+    /// Every document, without marking any used.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.map.values_mut().map(|(v, _)| v)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
         self.map.iter().map(|(k, (v, _))| (k, v))
     }

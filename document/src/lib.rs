@@ -15,5 +15,5 @@ pub use cache::DocCache;
 pub use load::{
     load, records_after, LoadError, Sources, Topics, COMPACTOR_GROUP, TRANSFORMER_GROUP,
 };
-pub use state::{Dedup, DocError, DocState, WindowPolicy};
+pub use state::{tidy, Dedup, DocError, DocState, WindowPolicy, TIDY_EVERY};
 pub use window::{Names, WindowOp};

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use document::{tidy, TIDY_EVERY};
 use oplog::{LogError, Partition};
 use protocol::{decode_out_record, OutRecord};
 use tokio_util::sync::CancellationToken;
@@ -25,10 +26,16 @@ impl Fanout {
         let window = self.inner.config.window;
         let metrics = &self.inner.metrics;
         let lock = &self.inner.parts[p as usize];
+        let mut last_tidy = tokio::time::Instant::now();
         loop {
             // Only partitions with documents in memory are followed.
             if !self.while_idle(p, shutdown).await {
                 return Ok(());
+            }
+            if last_tidy.elapsed() >= TIDY_EVERY {
+                let mut part = lock.lock().await;
+                tidy(part.docs.values_mut().map(|h| &mut h.state));
+                last_tidy = tokio::time::Instant::now();
             }
             let pos = lock.lock().await.pos;
             let fetched = tokio::select! {

@@ -3,7 +3,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use document::{load, DocCache, DocState, LoadError, Sources, Topics};
+use document::{load, tidy, DocCache, DocState, LoadError, Sources, Topics, TIDY_EVERY};
 use oplog::{LogError, Offset, OpLog, Partition};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use protocol::{decode_out_record, decode_raw_record, OutRecord};
@@ -227,7 +227,12 @@ impl PartitionWorker {
         // when the partition goes idle. One durable write fewer per batch.
         let mut committed = pos;
         let mut last_commit = tokio::time::Instant::now();
+        let mut last_tidy = last_commit;
         loop {
+            if last_tidy.elapsed() >= TIDY_EVERY {
+                tidy(self.docs.values_mut());
+                last_tidy = tokio::time::Instant::now();
+            }
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 b = self.log.fetch(&topics.ops, self.p, pos, self.config.batch, Duration::from_millis(500)) => b?,
