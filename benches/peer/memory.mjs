@@ -7,7 +7,7 @@
 // QUIRE_BIN: the quire binary. Extra arguments for `quire serve` after `--`.
 // SETTLE_MS (default 3000): idle time before resident memory is read.
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -87,7 +87,9 @@ for (let d = 0; d < docs; d += parallel) {
   await Promise.all(Array.from({ length: Math.min(parallel, docs - d) }, (_, k) => fill(d + k)));
 }
 // SETTLE_MS: how long the documents sit idle before the measure.
-await sleep(Number(process.env.SETTLE_MS ?? 3000));
+const settle = Number(process.env.SETTLE_MS ?? 3000);
+if (!Number.isFinite(settle) || settle < 0) throw new Error("SETTLE_MS must be a number of milliseconds");
+await sleep(settle);
 const rssActive = rssKiB(server.pid);
 
 const extraEditors = [];
@@ -108,6 +110,13 @@ console.log(`|---|---|---|---|---|---|---|`);
 console.log(
   `| ${docs} × ${size} B (${opsPerDoc} ops each) | ${mib(textKiB)} MiB | ${mib(rssActive)} MiB | ${(rssActive / textKiB).toFixed(2)}× | ${(((rssIdle - rssActive) * 1024) / idle / 1024).toFixed(1)} KiB | ${mib(dataKiB)} MiB | ${(dataKiB / ((textBytes + historyBytes) / 1024)).toFixed(2)}× |`,
 );
+// Where the data folder's bytes are, per entry (the log's database, the store).
+const parts = execFileSync("du", ["-sk", ...readdirSync(data).map((f) => join(data, f))], { encoding: "utf8" })
+  .trim()
+  .split("\n")
+  .map((l) => l.split("\t"))
+  .map(([k, f]) => `${f.slice(data.length + 1)} ${mib(Number(k))} MiB`);
+console.log(`data folder: ${parts.join(", ")}`);
 for (const e of [...editors.map((x) => x.ed), ...extraEditors]) e.ws.close();
 server.kill("SIGTERM");
 await new Promise((r) => server.once("exit", r));

@@ -69,14 +69,12 @@ impl WindowPolicy {
 pub const TIDY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// [`DocState::tidy`] on each document, packing at most 4 MiB of text per
-/// call (the rest wait for the next), so a role's loop never stalls on it.
+/// call (texts that do not fit what is left wait for a later call; larger
+/// ones are never packed), so a role's loop is held up for a few ms at most.
 pub fn tidy<'a>(docs: impl Iterator<Item = &'a mut DocState>) {
     let mut budget = 4usize << 20;
     for d in docs {
-        budget = budget.saturating_sub(d.tidy());
-        if budget == 0 {
-            return;
-        }
+        budget -= d.tidy(budget);
     }
 }
 
@@ -286,20 +284,25 @@ impl DocState {
     }
 
     /// Called every few seconds by the roles that keep documents: a text
-    /// edited before the previous call but not since is packed again.
-    /// Ropes fill their fixed-size chunks about half when typed into (2.2x
-    /// the text for one character per op, 1.2x packed); repacking a text
-    /// still being edited would only be undone. Returns the bytes packed
-    /// (0 when nothing was done), so a caller can bound its work.
-    pub fn tidy(&mut self) -> usize {
+    /// edited before the previous call but not since is packed again, if
+    /// it is at most `budget` bytes and its chunks hold under 1/1.4 of
+    /// their room. Ropes fill their fixed-size chunks about half when typed
+    /// into (2.2x the text for one character per op, 1.2x packed);
+    /// repacking a text still being edited would only be undone. Returns
+    /// the bytes packed (0 when nothing was done), never over `budget`.
+    pub fn tidy(&mut self, budget: usize) -> usize {
         let idle = self.grown && !self.recent;
         self.recent = false;
-        if !idle {
+        let len = self.text.len_bytes();
+        if !idle || len > budget {
             return 0;
         }
         self.grown = false;
+        if self.text.capacity() * 10 <= len * 14 {
+            return 0;
+        }
         self.text.shrink_to_fit();
-        self.text.len_bytes()
+        len
     }
 
     /// Drops window ops beyond the policy, judged by the document's clock,
@@ -564,13 +567,19 @@ mod tests {
         }
         let typed = s.text.capacity();
         assert!(typed > 3 * s.text.len_bytes() / 2, "typed: {typed}");
-        assert_eq!(s.tidy(), 0, "edited since the last call: left alone");
+        assert_eq!(s.tidy(1 << 20), 0, "edited since the last call: left alone");
         assert_eq!(s.text.capacity(), typed);
-        assert_eq!(s.tidy(), 10_000, "idle for a whole period: packed");
+        assert_eq!(s.tidy(9_999), 0, "over the budget: left for later");
+        assert_eq!(s.tidy(10_000), 10_000, "idle for a whole period: packed");
         let packed = s.text.capacity();
         assert!(packed < 13 * s.text.len_bytes() / 10, "packed: {packed}");
         assert_eq!(s.text.to_string(), "a".repeat(10_000));
-        assert_eq!(s.tidy(), 0, "nothing new to pack");
+        assert_eq!(s.tidy(1 << 20), 0, "nothing new to pack");
+        // A few edits to a packed text do not make it worth packing again.
+        let r = rec(10_001, 10_000, Op::splice(5_000, 0, "b"), &[], 0);
+        s.apply_record(&r).unwrap();
+        s.tidy(1 << 20);
+        assert_eq!(s.tidy(1 << 20), 0, "still packed enough");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::FromRequestParts;
@@ -34,6 +35,20 @@ use tokio_tungstenite::WebSocketStream;
 
 /// The most bytes of one message a single frame carries.
 pub(crate) const FRAGMENT: usize = 4 << 10;
+
+/// How long a write may make no progress (a frame not taken by the
+/// socket). A client that stops reading then loses its connection, so its
+/// task cannot hold a connection permit (or miss its cut-off) for ever; a
+/// slow reader of a large snapshot keeps it, as long as each fragment goes.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `fut`, or a timed-out error once it has waited [`WRITE_TIMEOUT`].
+async fn in_time<T>(fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Io(std::io::ErrorKind::TimedOut.into())),
+    }
+}
 
 /// A WebSocket handshake request (RFC 6455 §4.2.1), answered with 101 by
 /// [`Upgrade::on_upgrade`]. Anything else is refused with 400 (426 when
@@ -185,13 +200,13 @@ impl Socket {
             };
             let last = end == text.len();
             let frame = Frame::message(text.slice(start..end), OpCode::Data(op), last);
-            self.inner.feed(Message::Frame(frame)).await?;
+            in_time(self.inner.feed(Message::Frame(frame))).await?;
             if last {
                 break;
             }
             start = end;
         }
-        self.inner.flush().await
+        in_time(self.inner.flush()).await
     }
 
     pub(crate) async fn send_close(&mut self, code: u16, reason: &str) -> Result<(), Error> {
@@ -199,13 +214,13 @@ impl Socket {
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        self.inner.send(Message::Close(Some(frame))).await
+        in_time(self.inner.send(Message::Close(Some(frame)))).await
     }
 
     /// Sends what the library queued on its own: after the peer's close,
     /// the closing reply (RFC 6455 §5.5.1), which ends the connection.
     pub(crate) async fn finish(&mut self) {
-        let _ = self.inner.flush().await;
+        let _ = in_time(self.inner.flush()).await;
     }
 
     /// The next message; pings are answered by the library.

@@ -87,11 +87,6 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 /// 1009: message too big.
 const CLOSE_TOO_BIG: u16 = 1009;
 
-/// How long one message may take to go out. A client that stops reading
-/// blocks only its own connection's task, which then ends, so it cannot
-/// hold a connection permit (or miss its cut-off) for ever.
-const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Whether a read failed because the message is over the size limit.
 fn is_too_long(e: &WsError) -> bool {
     matches!(e, WsError::Capacity(_))
@@ -107,20 +102,17 @@ impl Conn {
                 .with_label_values(&[code.as_str()])
                 .inc();
         }
-        let sent = tokio::time::timeout(WRITE_TIMEOUT, self.socket.send_text(msg.to_json())).await;
-        matches!(sent, Ok(Ok(()))).then_some(()).ok_or(())
+        self.socket.send_text(msg.to_json()).await.map_err(|_| ())
     }
 
     async fn send_frame(&mut self, f: &Frame) -> Result<(), ()> {
-        let sent = tokio::time::timeout(WRITE_TIMEOUT, self.socket.send_shared(f)).await;
-        matches!(sent, Ok(Ok(()))).then_some(()).ok_or(())
+        self.socket.send_shared(f).await.map_err(|_| ())
     }
 
     /// Sends a close frame and waits briefly for the peer's, so the client
     /// reads our last messages instead of a connection reset.
     async fn close(&mut self, code: u16, reason: &str) {
-        let sent = tokio::time::timeout(WRITE_TIMEOUT, self.socket.send_close(code, reason)).await;
-        if !matches!(sent, Ok(Ok(()))) {
+        if self.socket.send_close(code, reason).await.is_err() {
             return;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
@@ -137,8 +129,9 @@ impl Conn {
         let who = match admitted {
             Ok(w) => w,
             Err(e) => {
-                let _ = self.send(&ServerMsg::error(&e)).await;
-                self.close(CLOSE_POLICY, e.code.as_str()).await;
+                if self.send(&ServerMsg::error(&e)).await.is_ok() {
+                    self.close(CLOSE_POLICY, e.code.as_str()).await;
+                }
                 return;
             }
         };
@@ -158,8 +151,9 @@ impl Conn {
                 code = async { kicked.expect("guarded").await }, if kicked.is_some() => {
                     let code = code.unwrap_or(ErrorCode::Overloaded);
                     let e = ProtoError::new(code, "too far behind: reconnect and re-join with since");
-                    let _ = self.send(&ServerMsg::error(&e)).await;
-                    self.close(CLOSE_TRY_AGAIN, code.as_str()).await;
+                    if self.send(&ServerMsg::error(&e)).await.is_ok() {
+                        self.close(CLOSE_TRY_AGAIN, code.as_str()).await;
+                    }
                     break;
                 }
                 f = async { rx.expect("guarded").recv().await }, if rx.is_some() => {
@@ -167,8 +161,9 @@ impl Conn {
                         Some(f) => if self.send_frame(&f).await.is_err() { break },
                         None => {
                             let e = ProtoError::new(ErrorCode::Overloaded, "subscription ended: re-join with since");
-                            let _ = self.send(&ServerMsg::error(&e)).await;
-                            self.close(CLOSE_TRY_AGAIN, "OVERLOADED").await;
+                            if self.send(&ServerMsg::error(&e)).await.is_ok() {
+                                self.close(CLOSE_TRY_AGAIN, "OVERLOADED").await;
+                            }
                             break;
                         }
                     }
@@ -179,13 +174,14 @@ impl Conn {
                         // message cannot be skipped, so the connection ends.
                         let max = self.gw.ingest.limits().max_frame_bytes;
                         let e = ProtoError::new(ErrorCode::TooLarge, format!("message is over {max} bytes"));
-                        let _ = self.send(&ServerMsg::error(&e)).await;
-                        self.close(CLOSE_TOO_BIG, "TOO_LARGE").await;
+                        if self.send(&ServerMsg::error(&e)).await.is_ok() {
+                            self.close(CLOSE_TOO_BIG, "TOO_LARGE").await;
+                        }
                         break;
                     }
                     Some(Ok(Message::Close(_))) => {
                         // The library queued the closing reply: send it.
-                        let _ = tokio::time::timeout(WRITE_TIMEOUT, self.socket.finish()).await;
+                        self.socket.finish().await;
                         break;
                     }
                     None | Some(Err(_)) => break,
