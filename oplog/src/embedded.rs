@@ -345,7 +345,7 @@ impl EmbeddedLog {
             offsets,
             producers: HashMap::new(),
             failed: None,
-            deleted_since: 0,
+            deleted_since: meta.deleted_since,
         };
         let handle = std::thread::Builder::new()
             .name("quire-log-writer".into())
@@ -579,8 +579,10 @@ struct Writer {
     /// Set for good by a failed write or sync: what reached the disk is
     /// unknown, so nothing more is written (restart the process).
     failed: Option<String>,
-    /// Records deleted since the last reclaiming compaction (this
-    /// process's: tombstones written before a restart are not counted).
+    /// Records deleted since the last reclaiming compaction, kept in `meta`
+    /// with every truncation so a restart does not forget them. (After a
+    /// reclaim starts, `meta` holds the old count until the next
+    /// truncation: a crash in between costs at most one early reclaim.)
     deleted_since: u64,
 }
 
@@ -796,6 +798,11 @@ impl Writer {
                         // tombstone (dropped with the record it meets in
                         // compaction) is enough.
                         self.deleted_since += new_start - m.start;
+                        write.insert(
+                            &self.db.meta,
+                            store::DELETED_SINCE,
+                            self.deleted_since.to_le_bytes(),
+                        );
                         for o in m.start..new_start {
                             write
                                 .remove_weak(&self.db.records, store::record_key(id, partition, o));

@@ -27,6 +27,8 @@ pub(crate) fn storage(e: impl std::fmt::Display) -> LogError {
 pub(crate) const DB_DIR: &str = "lsm";
 /// Marks a database written by the segment-file migration.
 pub(crate) const MIGRATED_SEGMENTS: &[u8] = b"migrated-segments";
+/// Records deleted since the last reclaiming compaction (u64 LE).
+pub(crate) const DELETED_SINCE: &[u8] = b"deleted-since";
 
 /// The open database and its two keyspaces (handles are cheap to clone).
 #[derive(Clone)]
@@ -53,6 +55,9 @@ pub(crate) struct Meta {
     pub groups: HashMap<(u32, Partition, String), Offset>,
     /// The segment files a migration moved in.
     pub migrated_segments: Option<Vec<u32>>,
+    /// Records deleted since the last reclaiming compaction, as of the
+    /// last truncation (0 if none was recorded).
+    pub deleted_since: u64,
 }
 
 impl Db {
@@ -115,6 +120,9 @@ impl Db {
                 }
                 _ if &k[..] == MIGRATED_SEGMENTS && v.len() % 4 == 0 => {
                     meta.migrated_segments = Some(v.chunks(4).map(le32).collect());
+                }
+                _ if &k[..] == DELETED_SINCE && v.len() == 8 => {
+                    meta.deleted_since = le64(&v);
                 }
                 _ => return Err(bad("an unknown entry")),
             }

@@ -212,6 +212,60 @@ async fn the_space_of_truncated_records_comes_back() {
     assert_eq!(left.len(), 100);
 }
 
+/// Truncations before a restart count toward reclaiming space: two
+/// truncations of 9,900 records each, one before and one after a reopen,
+/// are each under the 10,000 a reclaim waits for, together over it (and
+/// over twice the 1,200 records left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncations_before_a_restart_count_toward_reclaiming() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = partition_for("k", 4);
+    let mut state = 7u64;
+    let mut noise = || {
+        (0..1000)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                char::from(b'a' + (state >> 59) as u8 % 26)
+            })
+            .collect::<String>()
+    };
+    {
+        let log = EmbeddedLog::open(config(dir.path())).unwrap();
+        for _ in 0..42 {
+            let batch: Vec<_> = (0..500).map(|_| rec("k", &noise())).collect();
+            log.produce("t.ops", batch).await.unwrap();
+        }
+        // 21,000 records of 1 kB.
+        log.delete_records("t.ops", p, 9_900).await.unwrap();
+    }
+    let log = EmbeddedLog::open(config(dir.path())).unwrap();
+    let before = log.records_disk_space();
+    assert!(
+        before > 4 << 20,
+        "the records reached the tables: {before} bytes"
+    );
+    log.delete_records("t.ops", p, 19_800).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let space = log.records_disk_space();
+        if space < 4 << 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records still take {space} bytes on disk"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = log
+        .fetch("t.ops", p, 19_800, 2000, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1_200);
+}
+
 /// A log written by earlier versions (one redb file) is moved into the log
 /// database on open (through the segment files of the release between):
 /// records, offsets, starts and consumer positions.
