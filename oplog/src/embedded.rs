@@ -580,9 +580,9 @@ struct Writer {
     /// unknown, so nothing more is written (restart the process).
     failed: Option<String>,
     /// Records deleted since the last reclaiming compaction, kept in `meta`
-    /// with every truncation so a restart does not forget them. (After a
-    /// reclaim starts, `meta` holds the old count until the next
-    /// truncation: a crash in between costs at most one early reclaim.)
+    /// with every truncation so a restart does not forget them, and set to
+    /// 0 there when a reclaim starts (not synced: a crash before the next
+    /// commit costs at most one early reclaim).
     deleted_since: u64,
 }
 
@@ -620,6 +620,13 @@ impl Writer {
             let _ = done.join();
         }
         self.deleted_since = 0;
+        if let Err(e) = self
+            .db
+            .meta
+            .insert(store::DELETED_SINCE, 0u64.to_le_bytes())
+        {
+            tracing::warn!(error = %e, "log: could not reset the deleted-records count");
+        }
         let records = self.db.records.clone();
         let closing = inner.closing.clone();
         let spawned = std::thread::Builder::new()

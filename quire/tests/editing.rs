@@ -570,9 +570,10 @@ fn long_messages_leave_in_fragments_that_reassemble() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
     let s = Server::start(&[]);
-    // 20,000 bytes of text, two bytes per "é", so a cut at an even byte
-    // count past an odd start would split a code point.
-    let text = format!("x{}", "é".repeat(9_999));
+    // 20,000 bytes of text, two bytes per "é". The message's prefix
+    // (`{"type":"snapshot","seq":1,"text":"`) is 35 bytes, so every "é"
+    // starts at an odd offset and a cut every 4,096 bytes would split one.
+    let text = "é".repeat(10_000);
     let body = serde_json::json!({"client": "w", "cseq": 1, "base": 0, "op": [text]});
     let (status, _) = s.post("/v1/docs/big/ops", &body.to_string());
     assert_eq!(status, 200);

@@ -155,9 +155,15 @@ test("remote cursors appear with the other user's name", async () => {
   const caret = b.locator(`.q-caret[data-client="${aClient}"]`);
   await caret.waitFor({ timeout: 15_000 });
   assert.equal(await caret.locator(".q-caret-label").textContent(), "Alice");
-  // The caret sits at the end of a's line 2 in b's editor: after "second line".
-  const head = await b.evaluate((c) => window.quire.conn.presence.find((p) => p.client === c)?.cursor?.head, aClient);
-  assert.equal(head, [..."some text 😀 here\nsecond line"].length);
+  // The caret ends at the end of a's line 2 in b's editor, after "second
+  // line". The caret shows from a's first cursor (the click), so wait for
+  // the last one to arrive rather than read whichever is there.
+  const want = [..."some text 😀 here\nsecond line"].length;
+  const headOf = (c) => window.quire.conn.presence.find((p) => p.client === c)?.cursor?.head;
+  await b
+    .waitForFunction(([c, w]) => window.quire.conn.presence.find((p) => p.client === c)?.cursor?.head === w, [aClient, want], { timeout: 15_000 })
+    .catch(() => {});
+  assert.equal(await b.evaluate(headOf, aClient), want);
   // A selection shows too.
   await a.keyboard.press("Shift+Home");
   await b.locator(`.q-remote-selection[data-client="${aClient}"]`).waitFor({ timeout: 15_000 });
