@@ -168,16 +168,11 @@ async fn truncated_records_are_deleted_and_the_rest_survive_reopen() {
     ));
 }
 
-/// The space of deleted records comes back: once most of the log is
-/// truncated, what is left is rewritten without them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_space_of_truncated_records_comes_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = EmbeddedLog::open(config(dir.path())).unwrap();
-    let p = partition_for("k", 4);
-    // Not compressible, so the tables' size is the records' size.
-    let mut state = 1u64;
-    let mut noise = || {
+/// 1 kB records of random letters, from `seed`: not compressible, so the
+/// tables' size is the records' size.
+fn noise(seed: u64) -> impl FnMut() -> String {
+    let mut state = seed;
+    move || {
         (0..1000)
             .map(|_| {
                 state = state
@@ -185,19 +180,17 @@ async fn the_space_of_truncated_records_comes_back() {
                     .wrapping_add(1442695040888963407);
                 char::from(b'a' + (state >> 59) as u8 % 26)
             })
-            .collect::<String>()
-    };
-    for _ in 0..60 {
-        let batch: Vec<_> = (0..500).map(|_| rec("k", &noise())).collect();
-        log.produce("t.ops", batch).await.unwrap();
+            .collect()
     }
-    // 30,000 records of 1 kB: 30 MB.
-    log.delete_records("t.ops", p, 29_900).await.unwrap();
+}
+
+/// Waits (30 s at most) for the log's tables to take under `bytes`.
+async fn until_space_below(log: &EmbeddedLog, bytes: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let space = log.records_disk_space();
-        if space < 4 << 20 {
-            break;
+        if space < bytes {
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -205,6 +198,23 @@ async fn the_space_of_truncated_records_comes_back() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The space of deleted records comes back: once most of the log is
+/// truncated, what is left is rewritten without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_space_of_truncated_records_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(config(dir.path())).unwrap();
+    let p = partition_for("k", 4);
+    let mut noise = noise(1);
+    for _ in 0..60 {
+        let batch: Vec<_> = (0..500).map(|_| rec("k", &noise())).collect();
+        log.produce("t.ops", batch).await.unwrap();
+    }
+    // 30,000 records of 1 kB: 30 MB.
+    log.delete_records("t.ops", p, 29_900).await.unwrap();
+    until_space_below(&log, 4 << 20).await;
     let left = log
         .fetch("t.ops", p, 29_900, 1000, Duration::ZERO)
         .await
@@ -220,17 +230,7 @@ async fn the_space_of_truncated_records_comes_back() {
 async fn truncations_before_a_restart_count_toward_reclaiming() {
     let dir = tempfile::tempdir().unwrap();
     let p = partition_for("k", 4);
-    let mut state = 7u64;
-    let mut noise = || {
-        (0..1000)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                char::from(b'a' + (state >> 59) as u8 % 26)
-            })
-            .collect::<String>()
-    };
+    let mut noise = noise(7);
     {
         let log = EmbeddedLog::open(config(dir.path())).unwrap();
         for _ in 0..42 {
@@ -252,18 +252,7 @@ async fn truncations_before_a_restart_count_toward_reclaiming() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     log.delete_records("t.ops", p, 19_800).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let space = log.records_disk_space();
-        if space < 4 << 20 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "records still take {space} bytes on disk"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_space_below(&log, 4 << 20).await;
     let left = log
         .fetch("t.ops", p, 19_800, 2000, Duration::ZERO)
         .await
