@@ -173,19 +173,14 @@ impl WindowOp {
         }
     }
 
-    fn components(&self) -> (Reader<'_>, usize) {
-        let mut r = Reader(&self.body);
-        let n = r.varint() as usize;
-        (r, n)
-    }
-
     /// The op (built anew on each call).
     pub fn op(&self) -> Op {
         self.op_and_rest().0
     }
 
     fn op_and_rest(&self) -> (Op, Reader<'_>) {
-        let (mut r, n) = self.components();
+        let mut r = Reader(&self.body);
+        let n = r.varint() as usize;
         let parts = (0..n).map(|_| {
             let tag = r.0[0];
             r.0 = &r.0[1..];
