@@ -214,14 +214,14 @@ impl Harness {
     fn new(parts: u32) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let topics = Topics::default();
-        let raw = EmbeddedLog::open(EmbeddedLogConfig {
-            dir: dir.path().join("log"),
-            topics: vec![
+        let raw = EmbeddedLog::open(EmbeddedLogConfig::new(
+            dir.path().join("log"),
+            vec![
                 (topics.ops.clone(), parts),
                 (topics.applied.clone(), parts),
                 (topics.presence.clone(), parts),
             ],
-        })
+        ))
         .unwrap();
         let violations: Violations = Arc::default();
         let log = Arc::new(oplog::Intercepted {

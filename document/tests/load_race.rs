@@ -224,10 +224,10 @@ struct Setup {
 async fn setup(reset_to_earliest: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let topics = Topics::default();
-    let log = EmbeddedLog::open(EmbeddedLogConfig {
-        dir: dir.path().join("log"),
-        topics: vec![(topics.ops.clone(), 1), (topics.applied.clone(), 1)],
-    })
+    let log = EmbeddedLog::open(EmbeddedLogConfig::new(
+        dir.path().join("log"),
+        vec![(topics.ops.clone(), 1), (topics.applied.clone(), 1)],
+    ))
     .unwrap();
     let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
     let (mut doc, mut other) = (Writer::new(DOC, 1), Writer::new(OTHER, 2));

@@ -50,10 +50,10 @@ async fn a_reload_forgets_the_clients_a_warm_window_forgot() {
 
     let dir = tempfile::tempdir().unwrap();
     let topics = Topics::default();
-    let log = EmbeddedLog::open(EmbeddedLogConfig {
-        dir: dir.path().join("log"),
-        topics: vec![(topics.ops.clone(), 1), (topics.applied.clone(), 1)],
-    })
+    let log = EmbeddedLog::open(EmbeddedLogConfig::new(
+        dir.path().join("log"),
+        vec![(topics.ops.clone(), 1), (topics.applied.clone(), 1)],
+    ))
     .unwrap();
     let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
     store.put_history(&records).await.unwrap();

@@ -99,14 +99,14 @@ impl Env {
     fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let topics = Topics::default();
-        let log = EmbeddedLog::open(EmbeddedLogConfig {
-            dir: dir.path().join("log"),
-            topics: vec![
+        let log = EmbeddedLog::open(EmbeddedLogConfig::new(
+            dir.path().join("log"),
+            vec![
                 (topics.ops.clone(), 1),
                 (topics.applied.clone(), 1),
                 (topics.presence.clone(), 1),
             ],
-        })
+        ))
         .unwrap();
         let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
         Env {

@@ -49,9 +49,15 @@ pub async fn open_log(dir: &Path, prefix: &str, partitions: u32) -> Arc<dyn OpLo
         .collect();
     match kafka() {
         None => Arc::new(
-            EmbeddedLog::open(EmbeddedLogConfig {
-                dir: dir.join("log"),
-                topics: topics.into_iter().map(|t| (t, partitions)).collect(),
+            EmbeddedLog::open({
+                // As `quire serve` opens it: the transformer reads raw
+                // records before their sync.
+                let mut c = EmbeddedLogConfig::new(
+                    dir.join("log"),
+                    topics.iter().map(|t| (t.clone(), partitions)).collect(),
+                );
+                c.visible_before_sync = vec![topics[0].clone()];
+                c
             })
             .expect("an embedded log in a fresh folder"),
         ),

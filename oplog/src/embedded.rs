@@ -6,8 +6,12 @@
 //! batch, made durable by the same call (one journal append and one
 //! `fdatasync`). An fsync costs a lot (here ~60 µs of CPU and ~0.15 ms of
 //! waiting), so many appends share each one and durability does not cap
-//! throughput at the sync rate. Readers only ever see durable records: the
-//! high watermark moves after the sync.
+//! throughput at the sync rate. Readers see durable records only (the high
+//! watermark moves after the sync), except on the topics the log was opened
+//! with as `visible_before_sync`: there a record is readable once written,
+//! and its sync waits (at most `sync_wait`) for the next write to any other
+//! topic, so a reader's answer, written back to this log, shares it. Every
+//! producer is answered only after the sync covering its records.
 //!
 //! In memory: per partition, its newest records (a tail of at most
 //! [`TAIL_BYTES`], which serves consumers at the tail without reading the
@@ -46,6 +50,33 @@ pub struct EmbeddedLogConfig {
     pub dir: PathBuf,
     /// Topics to create (or check) with their partition counts.
     pub topics: Vec<(String, u32)>,
+    /// Topics whose records readers see as soon as they are written, before
+    /// the sync that makes them durable (their producers are still answered
+    /// only after it). Only for a topic whose every reader is in this
+    /// process and writes all it derives from the records back into this
+    /// log, as the transformer does with `quire.ops`: the journal is one
+    /// file written in order, so the sync of the answer covers the record
+    /// too, and a crash before it loses both. The writer then waits up to
+    /// [`EmbeddedLogConfig::sync_wait`] before syncing such records, so the
+    /// answer shares their sync: one sync per op instead of two.
+    pub visible_before_sync: Vec<String>,
+    /// How long records of a `visible_before_sync` topic may wait for their
+    /// sync (default 2 ms). A write to any other topic, a position commit
+    /// or a truncation syncs at once, and takes them along.
+    pub sync_wait: Duration,
+}
+
+impl EmbeddedLogConfig {
+    /// A log under `dir` with `topics`, every record durable before any
+    /// reader sees it.
+    pub fn new(dir: impl Into<PathBuf>, topics: Vec<(String, u32)>) -> EmbeddedLogConfig {
+        EmbeddedLogConfig {
+            dir: dir.into(),
+            topics,
+            visible_before_sync: Vec::new(),
+            sync_wait: Duration::from_millis(2),
+        }
+    }
 }
 
 /// A partition's newest records in memory.
@@ -102,7 +133,8 @@ impl Tail {
 struct PartState {
     /// The topic's id in the database.
     topic_id: u32,
-    /// Next offset; readers see offsets below it. Moves after the sync.
+    /// Next offset; readers see offsets below it. Moves after the sync (at
+    /// the write on a topic read before its sync).
     hw: watch::Sender<u64>,
     start: AtomicU64,
     tail: std::sync::Mutex<Tail>,
@@ -128,6 +160,8 @@ struct Inner {
     reclaim: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set when the last handle goes: a reclaim not started yet does not.
     closing: Arc<std::sync::atomic::AtomicBool>,
+    /// Syncs the writer made.
+    syncs: Arc<AtomicU64>,
 }
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -333,6 +367,7 @@ impl EmbeddedLog {
             writer: std::sync::Mutex::new(None),
             reclaim: std::sync::Mutex::new(None),
             closing: Arc::default(),
+            syncs: Arc::default(),
         });
         let w = Writer {
             inner: Arc::downgrade(&inner),
@@ -346,6 +381,9 @@ impl EmbeddedLog {
             producers: HashMap::new(),
             failed: None,
             deleted_since: meta.deleted_since,
+            visible_before_sync: config.visible_before_sync.iter().cloned().collect(),
+            sync_wait: config.sync_wait,
+            syncs: inner.syncs.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("quire-log-writer".into())
@@ -360,6 +398,12 @@ impl EmbeddedLog {
     #[doc(hidden)]
     pub fn stored_records(&self) -> Result<usize> {
         self.inner.db.records.len().map_err(storage)
+    }
+
+    /// Syncs the writer has made, for tests.
+    #[doc(hidden)]
+    pub fn syncs(&self) -> u64 {
+        self.inner.syncs.load(Ordering::Relaxed)
     }
 
     /// Bytes the records' tables take on disk (not the journal), for tests.
@@ -554,6 +598,26 @@ enum Effect {
 /// the write failed).
 type Reply = Box<dyn FnOnce(Option<&str>)>;
 
+/// Sends every waiting answer: `err` when the write or its sync failed.
+fn answer(replies: &mut Vec<Reply>, err: Option<&str>) {
+    for reply in replies.drain(..) {
+        reply(err);
+    }
+}
+
+/// What became of a group of requests.
+enum Written {
+    /// Written and synced, with everything written before it.
+    Synced,
+    /// Written, readable, not yet synced: only records of topics read
+    /// before their sync.
+    Unsynced,
+    /// Nothing to write (refusals, a repeated batch).
+    Nothing,
+    /// The write or sync failed: the error text.
+    Failed(String),
+}
+
 /// The answer to send after the write: `outcome` if it succeeded (a
 /// request-level refusal stands either way), a storage error if not.
 fn after_commit<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, outcome: Result<T>) -> Reply {
@@ -584,6 +648,11 @@ struct Writer {
     /// 0 there when a reclaim starts (not synced: a crash before the next
     /// commit costs at most one early reclaim).
     deleted_since: u64,
+    /// Topics readers see before their sync (`EmbeddedLogConfig`).
+    visible_before_sync: std::collections::HashSet<String>,
+    sync_wait: Duration,
+    /// Syncs made, shared with `Inner` (for tests).
+    syncs: Arc<AtomicU64>,
 }
 
 /// Deleted records that make a reclaiming compaction worth its cost: twice
@@ -658,7 +727,41 @@ impl Writer {
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<WriteReq>) {
-        while let Some(first) = rx.blocking_recv() {
+        // Waiting for a request with a deadline (records of a topic read
+        // before its sync wait for company) needs a timer.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .inspect_err(|e| tracing::warn!(error = %e, "log: no timer; every write syncs at once"))
+            .ok();
+        // Answers waiting for the sync of records written already, and when
+        // the first of those was written.
+        let mut waiting: Vec<Reply> = Vec::new();
+        let mut since: Option<std::time::Instant> = None;
+        loop {
+            let next = match (since, &timer) {
+                (Some(t0), Some(timer)) => {
+                    let left =
+                        (t0 + self.sync_wait).saturating_duration_since(std::time::Instant::now());
+                    match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                        Ok(next) => next,
+                        Err(_) => {
+                            // Nothing came to share the sync: sync now.
+                            let err = self.sync(since.take());
+                            answer(&mut waiting, err.as_deref());
+                            continue;
+                        }
+                    }
+                }
+                _ => rx.blocking_recv(),
+            };
+            let Some(first) = next else {
+                // Closed: what was written is made durable before the log
+                // closes.
+                let err = self.sync(since.take());
+                answer(&mut waiting, err.as_deref());
+                return;
+            };
             let mut batch = vec![first];
             while batch.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -667,45 +770,87 @@ impl Writer {
                 }
             }
             let Some(inner) = self.inner.upgrade() else {
+                let err = self.sync(since.take());
+                answer(&mut waiting, err.as_deref());
                 return;
             };
-            let (replies, err) = self.group(&inner, batch);
+            let outcome = self.group(&inner, batch, &mut waiting);
+            let err = match outcome {
+                Written::Synced => {
+                    since = None;
+                    None
+                }
+                Written::Failed(e) => {
+                    since = None;
+                    Some(e)
+                }
+                Written::Unsynced => {
+                    let t0 = *since.get_or_insert_with(std::time::Instant::now);
+                    if timer.is_none()
+                        || waiting.len() >= MAX_GROUP
+                        || t0.elapsed() >= self.sync_wait
+                    {
+                        self.sync(since.take())
+                    } else {
+                        self.housekeeping(&inner);
+                        continue;
+                    }
+                }
+                Written::Nothing if since.is_some() => continue,
+                Written::Nothing => None,
+            };
             self.housekeeping(&inner);
             // Let go of the log before answering: a caller that drops its
             // last handle after its answer then always joins this thread
             // (and the database is closed when its drop returns).
             drop(inner);
-            for reply in replies {
-                reply(err.as_deref());
+            answer(&mut waiting, err.as_deref());
+        }
+    }
+
+    /// Makes everything written durable, if anything is waiting for it
+    /// (`since`); the error text if the sync failed.
+    fn sync(&mut self, since: Option<std::time::Instant>) -> Option<String> {
+        since?;
+        if let Some(e) = self.failed.clone() {
+            return Some(e);
+        }
+        match self.db.db.persist(fjall::PersistMode::SyncData) {
+            Ok(()) => {
+                self.syncs.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(e) => {
+                let inner = self.inner.upgrade();
+                Some(self.fail(inner.as_deref(), e))
             }
         }
     }
 
-    fn fail(&mut self, inner: &Inner, e: impl std::fmt::Display) -> String {
+    fn fail(&mut self, inner: Option<&Inner>, e: impl std::fmt::Display) -> String {
         let msg =
             format!("log write failed ({e}); the log takes no more writes: restart the process");
         tracing::error!(error = %e, "log write failed; refusing further writes");
-        inner.broken.store(true, Ordering::Release);
+        if let Some(inner) = inner {
+            inner.broken.store(true, Ordering::Release);
+        }
         self.failed = Some(msg.clone());
         msg
     }
 
-    /// One group commit: the answers to send, and the error text if the
-    /// write failed.
-    fn group(&mut self, inner: &Inner, batch: Vec<WriteReq>) -> (Vec<Reply>, Option<String>) {
+    /// Writes one group of requests as one write batch, adding their
+    /// answers to `replies` (sent once the batch is durable). Synced at once
+    /// unless it holds nothing but records of topics read before their sync.
+    fn group(&mut self, inner: &Inner, batch: Vec<WriteReq>, replies: &mut Vec<Reply>) -> Written {
         if let Some(e) = self.failed.clone() {
-            let replies = batch
-                .into_iter()
-                .map(|req| match req {
-                    WriteReq::Append { reply, .. } => after_commit(reply, Ok(0)),
-                    WriteReq::Commit { reply, .. } => after_commit(reply, Ok(())),
-                    WriteReq::Delete { reply, .. } => after_commit(reply, Ok(0)),
-                })
-                .collect();
-            return (replies, Some(e));
+            replies.extend(batch.into_iter().map(|req| match req {
+                WriteReq::Append { reply, .. } => after_commit(reply, Ok(0)),
+                WriteReq::Commit { reply, .. } => after_commit(reply, Ok(())),
+                WriteReq::Delete { reply, .. } => after_commit(reply, Ok(0)),
+            }));
+            return Written::Failed(e);
         }
         let mut write = self.db.db.batch();
-        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
         let mut effects = Vec::new();
         for req in batch {
             match req {
@@ -839,47 +984,69 @@ impl Writer {
                     .store(*start, Ordering::Release);
             }
         }
-        if !write.is_empty() {
-            if let Err(e) = write
-                .durability(Some(fjall::PersistMode::SyncData))
-                .commit()
-            {
-                let msg = self.fail(inner, e);
-                return (replies, Some(msg));
-            }
+        if write.is_empty() {
+            return Written::Nothing;
+        }
+        // Synced now unless every record written goes to a topic read
+        // before its sync (then it waits for the answers to share the sync).
+        let sync_now = effects.iter().any(|e| match e {
+            Effect::Appended { topic, .. } => !self.visible_before_sync.contains(topic),
+            Effect::Started(..) | Effect::Committed(..) => true,
+        });
+        if let Err(e) = write.durability(None).commit() {
+            return Written::Failed(self.fail(Some(inner), e));
+        }
+        // Those records are readable now.
+        let (early, effects): (Vec<Effect>, Vec<Effect>) = effects.into_iter().partition(
+            |e| matches!(e, Effect::Appended { topic, .. } if self.visible_before_sync.contains(topic)),
+        );
+        for eff in early {
+            self.apply(inner, eff);
+        }
+        if !sync_now {
+            return Written::Unsynced;
+        }
+        if let Some(e) = self.sync(Some(std::time::Instant::now())) {
+            return Written::Failed(e);
         }
         for eff in effects {
-            match eff {
-                Effect::Started(t, p, s) => {
-                    let part = &inner.topics[&t][p as usize];
-                    part.tail.lock().expect("not poisoned").trim_below(s);
-                }
-                Effect::Appended {
-                    topic,
-                    partition,
-                    first,
-                    records,
-                } => {
-                    let part = &inner.topics[&topic][partition as usize];
-                    let end = first + records.len() as u64;
-                    {
-                        let mut tail = part.tail.lock().expect("not poisoned");
-                        for (i, (key, value)) in records.into_iter().enumerate() {
-                            tail.push(Record {
-                                offset: first + i as u64,
-                                key,
-                                value,
-                            });
-                        }
+            self.apply(inner, eff);
+        }
+        Written::Synced
+    }
+
+    /// What a written request changes in memory: a new log start, records
+    /// readers may see, a consumer position.
+    fn apply(&self, inner: &Inner, eff: Effect) {
+        match eff {
+            Effect::Started(t, p, s) => {
+                let part = &inner.topics[&t][p as usize];
+                part.tail.lock().expect("not poisoned").trim_below(s);
+            }
+            Effect::Appended {
+                topic,
+                partition,
+                first,
+                records,
+            } => {
+                let part = &inner.topics[&topic][partition as usize];
+                let end = first + records.len() as u64;
+                {
+                    let mut tail = part.tail.lock().expect("not poisoned");
+                    for (i, (key, value)) in records.into_iter().enumerate() {
+                        tail.push(Record {
+                            offset: first + i as u64,
+                            key,
+                            value,
+                        });
                     }
-                    part.hw.send_replace(end);
                 }
-                Effect::Committed(k, next) => {
-                    inner.groups.lock().expect("not poisoned").insert(k, next);
-                }
+                part.hw.send_replace(end);
+            }
+            Effect::Committed(k, next) => {
+                inner.groups.lock().expect("not poisoned").insert(k, next);
             }
         }
-        (replies, None)
     }
 }
 
@@ -1053,10 +1220,8 @@ mod tests {
     /// copied folder missing files) is refused on open, not served short.
     #[tokio::test]
     async fn a_database_missing_records_is_refused() {
-        let config = |dir: &std::path::Path| EmbeddedLogConfig {
-            dir: dir.to_owned(),
-            topics: vec![("t".into(), 1)],
-        };
+        let config =
+            |dir: &std::path::Path| EmbeddedLogConfig::new(dir.to_owned(), vec![("t".into(), 1)]);
         for lost in [0u64, 2, 4] {
             let dir = tempfile::tempdir().unwrap();
             let log = EmbeddedLog::open(config(dir.path())).unwrap();

@@ -411,10 +411,7 @@ mod tests {
     use crate::{EmbeddedLog, EmbeddedLogConfig, LogError, OpLog};
 
     fn config(dir: &std::path::Path) -> EmbeddedLogConfig {
-        EmbeddedLogConfig {
-            dir: dir.to_owned(),
-            topics: vec![("t.ops".into(), 2)],
-        }
+        EmbeddedLogConfig::new(dir.to_owned(), vec![("t.ops".into(), 2)])
     }
 
     /// A segment as that release wrote it: a checkpoint (t.ops, 2

@@ -3,10 +3,10 @@ use std::time::Duration;
 use oplog::{partition_for, EmbeddedLog, EmbeddedLogConfig, LogError, OpLog};
 
 fn config(dir: &std::path::Path) -> EmbeddedLogConfig {
-    EmbeddedLogConfig {
-        dir: dir.to_owned(),
-        topics: vec![("t.ops".into(), 4), ("t.applied".into(), 4)],
-    }
+    EmbeddedLogConfig::new(
+        dir.to_owned(),
+        vec![("t.ops".into(), 4), ("t.applied".into(), 4)],
+    )
 }
 
 fn rec(key: &str, v: &str) -> (String, Vec<u8>) {
@@ -19,6 +19,95 @@ async fn embedded_log_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let log = EmbeddedLog::open(config(dir.path())).unwrap();
     oplog::conformance::check(&log, "t.applied", true).await;
+}
+
+/// The same contract on a topic read before its sync (as `quire serve`
+/// opens `quire.ops`): a produce alone there is answered by the writer's
+/// timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_log_conforms_when_read_before_the_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.visible_before_sync = vec!["t.applied".into()];
+    let log = EmbeddedLog::open(c).unwrap();
+    oplog::conformance::check(&log, "t.applied", true).await;
+}
+
+/// A record of a topic read before its sync is fetched before its producer
+/// is answered; the answer a reader writes to another topic then makes both
+/// durable in one sync, and both producers are answered after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_record_and_its_answer_share_one_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.visible_before_sync = vec!["t.ops".into()];
+    // Nothing syncs on a timer during the test.
+    c.sync_wait = Duration::from_secs(600);
+    let log = EmbeddedLog::open(c).unwrap();
+    let p = partition_for("doc", 4);
+    let syncs = log.syncs();
+    let raw = tokio::spawn({
+        let log = log.clone();
+        async move { log.produce("t.ops", vec![rec("doc", "op")]).await }
+    });
+    let got = log
+        .fetch("t.ops", p, 0, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "the raw record is readable once written");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!raw.is_finished(), "its producer waits for the sync");
+    assert_eq!(log.syncs(), syncs, "nothing synced yet");
+    // The answer goes to a topic readers see only once it is durable.
+    let answered = log
+        .produce("t.applied", vec![rec("doc", "applied")])
+        .await
+        .unwrap();
+    assert_eq!(answered, vec![(p, 0)]);
+    let raw = tokio::time::timeout(Duration::from_secs(30), raw)
+        .await
+        .expect("the raw producer is answered by the same sync")
+        .unwrap()
+        .unwrap();
+    assert_eq!(raw, vec![(p, 0)]);
+    assert_eq!(log.syncs(), syncs + 1, "one sync covered both");
+    assert_eq!(log.high_watermark("t.applied", p).await.unwrap(), 1);
+    // A position commit syncs at once too, and takes waiting records along.
+    let raw = tokio::spawn({
+        let log = log.clone();
+        async move { log.produce("t.ops", vec![rec("doc", "op2")]).await }
+    });
+    log.fetch("t.ops", p, 1, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    log.commit("g", "t.ops", p, 2).await.unwrap();
+    let raw = tokio::time::timeout(Duration::from_secs(30), raw)
+        .await
+        .expect("answered by the commit's sync")
+        .unwrap()
+        .unwrap();
+    assert_eq!(raw, vec![(p, 1)]);
+    assert_eq!(log.syncs(), syncs + 2);
+}
+
+/// A record read before its sync with nothing written after it is synced
+/// when its wait is over, and its producer answered then.
+#[tokio::test]
+async fn a_raw_record_alone_is_synced_when_its_wait_is_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.visible_before_sync = vec!["t.ops".into()];
+    c.sync_wait = Duration::from_millis(200);
+    let log = EmbeddedLog::open(c).unwrap();
+    let syncs = log.syncs();
+    let t0 = std::time::Instant::now();
+    log.produce("t.ops", vec![rec("doc", "op")]).await.unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(log.syncs(), syncs + 1);
 }
 
 #[tokio::test]

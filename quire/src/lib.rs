@@ -249,17 +249,23 @@ pub async fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
                 .with_context(|| format!("connecting to the Kafka brokers {}", k.brokers))?;
             Arc::new(log)
         }
-        None => Arc::new(
-            EmbeddedLog::open(EmbeddedLogConfig {
-                dir: config.data.join("log"),
-                topics: vec![
+        None => Arc::new({
+            let mut c = EmbeddedLogConfig::new(
+                config.data.join("log"),
+                vec![
                     (topics.ops.clone(), config.partitions),
                     (topics.applied.clone(), config.partitions),
                     (topics.presence.clone(), config.partitions),
                 ],
-            })
-            .with_context(|| format!("opening the embedded log under {}", config.data.display()))?,
-        ),
+            );
+            // The transformer, in this process, is the raw topic's one
+            // reader, and writes its answers back to this log: it may read a
+            // raw record before its sync, and one sync covers both.
+            c.visible_before_sync = vec![topics.ops.clone()];
+            EmbeddedLog::open(c).with_context(|| {
+                format!("opening the embedded log under {}", config.data.display())
+            })?
+        }),
     };
     // Snapshot rows stay under the record limit too.
     let chunk = store::SNAPSHOT_CHUNK.min(config.limits.max_record_bytes / 2);

@@ -207,13 +207,15 @@ async fn audit_passes_on_real_data_and_names_a_tampered_record() {
     std::fs::remove_dir_all(copy.join("log")).unwrap();
     let topics = document::Topics::default();
     let partitions = 8;
-    let config = |dir: &Path| EmbeddedLogConfig {
-        dir: dir.join("log"),
-        topics: vec![
-            (topics.ops.clone(), partitions),
-            (topics.applied.clone(), partitions),
-            (topics.presence.clone(), partitions),
-        ],
+    let config = |dir: &Path| {
+        EmbeddedLogConfig::new(
+            dir.join("log"),
+            vec![
+                (topics.ops.clone(), partitions),
+                (topics.applied.clone(), partitions),
+                (topics.presence.clone(), partitions),
+            ],
+        )
     };
     let victim_seq = {
         let original = EmbeddedLog::open(config(&data)).unwrap();

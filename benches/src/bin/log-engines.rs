@@ -60,10 +60,10 @@ fn record(i: usize) -> Vec<u8> {
 
 fn embedded_log(dir: &Path, commits: usize, batch: usize, rt: &tokio::runtime::Runtime) -> Run {
     let log = rt.block_on(async {
-        EmbeddedLog::open(EmbeddedLogConfig {
-            dir: dir.to_owned(),
-            topics: vec![("bench".into(), 1)],
-        })
+        EmbeddedLog::open(EmbeddedLogConfig::new(
+            dir.to_owned(),
+            vec![("bench".into(), 1)],
+        ))
         .expect("log")
     });
     let run = measure(|| {

@@ -133,10 +133,10 @@ async fn pipeline(base: String, clients: usize, docs: usize, ops: usize) {
 async fn log(dir: String, producers: usize, records: usize) {
     let _ = std::fs::remove_dir_all(&dir);
     let log = Arc::new(
-        EmbeddedLog::open(EmbeddedLogConfig {
-            dir: dir.clone().into(),
-            topics: vec![("bench".into(), 8)],
-        })
+        EmbeddedLog::open(EmbeddedLogConfig::new(
+            dir.clone(),
+            vec![("bench".into(), 8)],
+        ))
         .unwrap(),
     );
     let value = vec![b'x'; 200];
