@@ -2,11 +2,11 @@
 //! key-value store (`store.rs` has the layout).
 //!
 //! All writes go through one writer thread that group-commits: it takes every
-//! request waiting in its bounded queue and writes them as one fjall write
-//! batch, made durable by the same call (one journal append and one
-//! `fdatasync`). An fsync costs a lot (here ~60 µs of CPU and ~0.15 ms of
-//! waiting), so many appends share each one and durability does not cap
-//! throughput at the sync rate. Readers see durable records only (the high
+//! request waiting in its bounded queue, writes them as one fjall write
+//! batch (one journal append) and makes it durable (one `fdatasync`). An
+//! fsync costs a lot (here ~60 µs of CPU and ~0.15 ms of waiting), so many
+//! appends share each one and durability does not cap throughput at the
+//! sync rate. Readers see durable records only (the high
 //! watermark moves after the sync), except on the topics the log was opened
 //! with as `visible_before_sync`: there a record is readable once written,
 //! and its sync waits (at most `sync_wait`) for the next write to any other
@@ -61,8 +61,9 @@ pub struct EmbeddedLogConfig {
     /// answer shares their sync: one sync per op instead of two.
     pub visible_before_sync: Vec<String>,
     /// How long records of a `visible_before_sync` topic may wait for their
-    /// sync (default 2 ms). A write to any other topic, a position commit
-    /// or a truncation syncs at once, and takes them along.
+    /// sync (default 2 ms, give or take the timer's millisecond). A write to
+    /// any other topic, a position commit or a truncation syncs at once, and
+    /// takes them along.
     pub sync_wait: Duration,
 }
 
@@ -288,6 +289,13 @@ impl EmbeddedLog {
         if !ids.is_empty() {
             crate::legacy::migrate(&config.dir, &ids)?;
         }
+        if let Some(t) = config
+            .visible_before_sync
+            .iter()
+            .find(|t| !config.topics.iter().any(|(name, _)| name == *t))
+        {
+            return Err(LogError::UnknownTopic { topic: t.clone() });
+        }
         let db = Db::open(&db_path)?;
         let mut meta = db.load_meta()?;
         let mut batch = db.db.batch();
@@ -404,6 +412,13 @@ impl EmbeddedLog {
     #[doc(hidden)]
     pub fn syncs(&self) -> u64 {
         self.inner.syncs.load(Ordering::Relaxed)
+    }
+
+    /// The count behind [`EmbeddedLog::syncs`], readable after the log
+    /// closed, for tests.
+    #[doc(hidden)]
+    pub fn sync_counter(&self) -> Arc<AtomicU64> {
+        self.inner.syncs.clone()
     }
 
     /// Bytes the records' tables take on disk (not the journal), for tests.
@@ -741,8 +756,7 @@ impl Writer {
         loop {
             let next = match (since, &timer) {
                 (Some(t0), Some(timer)) => {
-                    let left =
-                        (t0 + self.sync_wait).saturating_duration_since(std::time::Instant::now());
+                    let left = self.sync_wait.saturating_sub(t0.elapsed());
                     match timer.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
                         Ok(next) => next,
                         Err(_) => {

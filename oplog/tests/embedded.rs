@@ -101,13 +101,74 @@ async fn a_raw_record_alone_is_synced_when_its_wait_is_over() {
     let log = EmbeddedLog::open(c).unwrap();
     let syncs = log.syncs();
     let t0 = std::time::Instant::now();
-    log.produce("t.ops", vec![rec("doc", "op")]).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        log.produce("t.ops", vec![rec("doc", "op")]),
+    )
+    .await
+    .expect("answered when its wait is over")
+    .unwrap();
     assert!(
         t0.elapsed() >= Duration::from_millis(200),
         "{:?}",
         t0.elapsed()
     );
     assert_eq!(log.syncs(), syncs + 1);
+}
+
+/// Closing the log syncs what waits for a sync: a raw record whose producer
+/// went away is there after a reopen, and the drop does not wait out the
+/// sync's wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_log_keeps_a_record_waiting_for_its_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.visible_before_sync = vec!["t.ops".into()];
+    c.sync_wait = Duration::from_secs(600);
+    let log = EmbeddedLog::open(c.clone()).unwrap();
+    let p = partition_for("doc", 4);
+    let raw = tokio::spawn({
+        let log = log.clone();
+        async move { log.produce("t.ops", vec![rec("doc", "op")]).await }
+    });
+    let got = log
+        .fetch("t.ops", p, 0, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    raw.abort();
+    let _ = raw.await;
+    let syncs = log.sync_counter();
+    let before = syncs.load(std::sync::atomic::Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || drop(log))
+        .await
+        .unwrap();
+    assert_eq!(
+        syncs.load(std::sync::atomic::Ordering::Relaxed),
+        before + 1,
+        "the close synced the record"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(300),
+        "the drop waited for the sync's wait"
+    );
+    let log = EmbeddedLog::open(config(dir.path())).unwrap();
+    assert_eq!(log.high_watermark("t.ops", p).await.unwrap(), 1);
+    let got = log.fetch("t.ops", p, 0, 10, Duration::ZERO).await.unwrap();
+    assert_eq!(got[0].value, b"op");
+}
+
+/// Naming a topic the log does not have as read before its sync is refused.
+#[tokio::test]
+async fn an_unknown_topic_read_before_its_sync_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.visible_before_sync = vec!["t.opz".into()];
+    assert!(matches!(
+        EmbeddedLog::open(c).err(),
+        Some(LogError::UnknownTopic { topic }) if topic == "t.opz"
+    ));
 }
 
 #[tokio::test]

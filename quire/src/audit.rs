@@ -938,7 +938,7 @@ pub fn utc(ms: i64) -> String {
 
 /// Opens the deployment's backends for a tool run (`audit`, `export`).
 pub async fn open_for_tool(config: &crate::ServeConfig) -> anyhow::Result<crate::Backends> {
-    crate::open_backends(config).await.with_context(|| {
+    crate::open_backends_for_tool(config).await.with_context(|| {
         if config.kafka.is_none() {
             format!(
                 "opening {} (the embedded log and store are one process's: stop `quire serve` first)",

@@ -226,6 +226,18 @@ pub struct Backends {
 /// else the embedded log under `config.data`) and the store (PostgreSQL
 /// with `config.postgres`, else the embedded store).
 pub async fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
+    open(config, config.roles.transformer).await
+}
+
+/// [`open_backends`] for a tool run (`audit`, `export`, `import`): no
+/// transformer runs, so raw records on the embedded log are synced at once.
+pub async fn open_backends_for_tool(config: &ServeConfig) -> anyhow::Result<Backends> {
+    open(config, false).await
+}
+
+/// Opens the backends; `transformer`: the transformer runs in this process,
+/// so on the embedded log it may read raw records before their sync.
+async fn open(config: &ServeConfig, transformer: bool) -> anyhow::Result<Backends> {
     config.validate()?;
     let registry = Registry::new();
     let topics = Topics::with_prefix(&config.topic_prefix);
@@ -261,7 +273,9 @@ pub async fn open_backends(config: &ServeConfig) -> anyhow::Result<Backends> {
             // The transformer, in this process, is the raw topic's one
             // reader, and writes its answers back to this log: it may read a
             // raw record before its sync, and one sync covers both.
-            c.visible_before_sync = vec![topics.ops.clone()];
+            if transformer {
+                c.visible_before_sync = vec![topics.ops.clone()];
+            }
             EmbeddedLog::open(c).with_context(|| {
                 format!("opening the embedded log under {}", config.data.display())
             })?
