@@ -42,9 +42,12 @@ pub(crate) const FRAGMENT: usize = 4 << 10;
 /// slow reader of a large snapshot keeps it, as long as each fragment goes.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `fut`, or a timed-out error once it has waited [`WRITE_TIMEOUT`].
-async fn in_time<T>(fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-    match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
+/// `fut`, or a timed-out error once it has waited `limit`.
+async fn in_time<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
         Err(_) => Err(Error::Io(std::io::ErrorKind::TimedOut.into())),
     }
@@ -138,7 +141,11 @@ impl Upgrade {
                 Some(config),
             )
             .await;
-            callback(Socket { inner }).await;
+            callback(Socket {
+                inner,
+                write_timeout: WRITE_TIMEOUT,
+            })
+            .await;
         });
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -171,11 +178,15 @@ fn cut(text: &[u8], start: usize, max: usize) -> usize {
     end
 }
 
-pub(crate) struct Socket {
-    inner: WebSocketStream<TokioIo<Upgraded>>,
+/// A connection's WebSocket: on the upgraded HTTP connection, or in tests
+/// on any stream.
+pub(crate) struct Socket<S = TokioIo<Upgraded>> {
+    inner: WebSocketStream<S>,
+    /// [`WRITE_TIMEOUT`], but for tests.
+    write_timeout: Duration,
 }
 
-impl Socket {
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Socket<S> {
     /// Sends one text message, in fragments if it is long.
     pub(crate) async fn send_text(&mut self, text: String) -> Result<(), Error> {
         self.send_utf8(Bytes::from(text)).await
@@ -200,13 +211,13 @@ impl Socket {
             };
             let last = end == text.len();
             let frame = Frame::message(text.slice(start..end), OpCode::Data(op), last);
-            in_time(self.inner.feed(Message::Frame(frame))).await?;
+            in_time(self.write_timeout, self.inner.feed(Message::Frame(frame))).await?;
             if last {
                 break;
             }
             start = end;
         }
-        in_time(self.inner.flush()).await
+        in_time(self.write_timeout, self.inner.flush()).await
     }
 
     pub(crate) async fn send_close(&mut self, code: u16, reason: &str) -> Result<(), Error> {
@@ -214,13 +225,17 @@ impl Socket {
             code: CloseCode::from(code),
             reason: reason.into(),
         };
-        in_time(self.inner.send(Message::Close(Some(frame)))).await
+        in_time(
+            self.write_timeout,
+            self.inner.send(Message::Close(Some(frame))),
+        )
+        .await
     }
 
     /// Sends what the library queued on its own: after the peer's close,
     /// the closing reply (RFC 6455 §5.5.1), which ends the connection.
     pub(crate) async fn finish(&mut self) {
-        let _ = in_time(self.inner.flush()).await;
+        let _ = in_time(self.write_timeout, self.inner.flush()).await;
     }
 
     /// The next message; pings are answered by the library.
@@ -231,7 +246,29 @@ impl Socket {
 
 #[cfg(test)]
 mod tests {
-    use super::cut;
+    use super::*;
+
+    /// A peer that stops reading loses its connection once a frame has
+    /// waited the write timeout, instead of holding its task for ever.
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_is_cut_off() {
+        // The peer's end is kept open and never read.
+        let (ours, _peer) = tokio::io::duplex(1024);
+        let mut socket = Socket {
+            inner: WebSocketStream::from_raw_socket(ours, Role::Server, None).await,
+            write_timeout: Duration::from_millis(200),
+        };
+        let sent = tokio::time::timeout(
+            Duration::from_secs(30),
+            socket.send_text("x".repeat(64 << 10)),
+        )
+        .await
+        .expect("the write timeout ends the send");
+        assert!(
+            matches!(&sent, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut),
+            "{sent:?}"
+        );
+    }
 
     fn parts(s: &str, max: usize) -> Vec<(usize, usize)> {
         let mut out = vec![];
