@@ -13,6 +13,32 @@ fn rec(key: &str, v: &str) -> (String, Vec<u8>) {
     (key.to_owned(), v.as_bytes().to_vec())
 }
 
+/// `config` with `topic` read before its sync, which waits `wait`.
+fn read_before_sync(dir: &std::path::Path, topic: &str, wait: Duration) -> EmbeddedLogConfig {
+    let mut c = config(dir);
+    c.visible_before_sync = vec![topic.into()];
+    c.sync_wait = wait;
+    c
+}
+
+type Produced = tokio::task::JoinHandle<Result<Vec<(u32, u64)>, LogError>>;
+
+/// Produces `value` (key "doc") to `t.ops` in a task of its own, and returns
+/// that task once the record at `offset` is readable.
+async fn written(log: &EmbeddedLog, value: &str, offset: u64) -> Produced {
+    let raw = tokio::spawn({
+        let (log, value) = (log.clone(), value.to_owned());
+        async move { log.produce("t.ops", vec![rec("doc", &value)]).await }
+    });
+    let p = partition_for("doc", 4);
+    let got = log
+        .fetch("t.ops", p, offset, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "the record is readable once written");
+    raw
+}
+
 /// The log's contract (`oplog::conformance`, shared with other backends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_log_conforms() {
@@ -27,8 +53,7 @@ async fn embedded_log_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_log_conforms_when_read_before_the_sync() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.visible_before_sync = vec!["t.applied".into()];
+    let c = read_before_sync(dir.path(), "t.applied", Duration::from_millis(2));
     let log = EmbeddedLog::open(c).unwrap();
     oplog::conformance::check(&log, "t.applied", true).await;
 }
@@ -39,22 +64,12 @@ async fn embedded_log_conforms_when_read_before_the_sync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_record_and_its_answer_share_one_sync() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.visible_before_sync = vec!["t.ops".into()];
     // Nothing syncs on a timer during the test.
-    c.sync_wait = Duration::from_secs(600);
+    let c = read_before_sync(dir.path(), "t.ops", Duration::from_secs(600));
     let log = EmbeddedLog::open(c).unwrap();
     let p = partition_for("doc", 4);
     let syncs = log.syncs();
-    let raw = tokio::spawn({
-        let log = log.clone();
-        async move { log.produce("t.ops", vec![rec("doc", "op")]).await }
-    });
-    let got = log
-        .fetch("t.ops", p, 0, 10, Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(got.len(), 1, "the raw record is readable once written");
+    let raw = written(&log, "op", 0).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!raw.is_finished(), "its producer waits for the sync");
     assert_eq!(log.syncs(), syncs, "nothing synced yet");
@@ -73,13 +88,7 @@ async fn a_raw_record_and_its_answer_share_one_sync() {
     assert_eq!(log.syncs(), syncs + 1, "one sync covered both");
     assert_eq!(log.high_watermark("t.applied", p).await.unwrap(), 1);
     // A position commit syncs at once too, and takes waiting records along.
-    let raw = tokio::spawn({
-        let log = log.clone();
-        async move { log.produce("t.ops", vec![rec("doc", "op2")]).await }
-    });
-    log.fetch("t.ops", p, 1, 10, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let raw = written(&log, "op2", 1).await;
     log.commit("g", "t.ops", p, 2).await.unwrap();
     let raw = tokio::time::timeout(Duration::from_secs(30), raw)
         .await
@@ -95,9 +104,7 @@ async fn a_raw_record_and_its_answer_share_one_sync() {
 #[tokio::test]
 async fn a_raw_record_alone_is_synced_when_its_wait_is_over() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.visible_before_sync = vec!["t.ops".into()];
-    c.sync_wait = Duration::from_millis(200);
+    let c = read_before_sync(dir.path(), "t.ops", Duration::from_millis(200));
     let log = EmbeddedLog::open(c).unwrap();
     let syncs = log.syncs();
     let t0 = std::time::Instant::now();
@@ -122,20 +129,10 @@ async fn a_raw_record_alone_is_synced_when_its_wait_is_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_the_log_keeps_a_record_waiting_for_its_sync() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.visible_before_sync = vec!["t.ops".into()];
-    c.sync_wait = Duration::from_secs(600);
-    let log = EmbeddedLog::open(c.clone()).unwrap();
+    let c = read_before_sync(dir.path(), "t.ops", Duration::from_secs(600));
+    let log = EmbeddedLog::open(c).unwrap();
     let p = partition_for("doc", 4);
-    let raw = tokio::spawn({
-        let log = log.clone();
-        async move { log.produce("t.ops", vec![rec("doc", "op")]).await }
-    });
-    let got = log
-        .fetch("t.ops", p, 0, 10, Duration::from_secs(30))
-        .await
-        .unwrap();
-    assert_eq!(got.len(), 1);
+    let raw = written(&log, "op", 0).await;
     raw.abort();
     let _ = raw.await;
     let syncs = log.sync_counter();
@@ -163,8 +160,7 @@ async fn closing_the_log_keeps_a_record_waiting_for_its_sync() {
 #[tokio::test]
 async fn an_unknown_topic_read_before_its_sync_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(dir.path());
-    c.visible_before_sync = vec!["t.opz".into()];
+    let c = read_before_sync(dir.path(), "t.opz", Duration::from_millis(2));
     assert!(matches!(
         EmbeddedLog::open(c).err(),
         Some(LogError::UnknownTopic { topic }) if topic == "t.opz"
