@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use document::{load, DocCache, LoadError, Sources, Topics, WindowPolicy};
 use oplog::{LogError, Offset, OpLog, Partition};
 use prometheus::{IntCounter, Registry};
-use protocol::{decode_out_record, AppliedRecord, OutRecord};
+use protocol::{decode_out_record, OutRecord};
 use store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -212,13 +212,16 @@ impl Worker {
     }
 
     async fn compact(&mut self, batch: Vec<oplog::Record>) -> Result<(), CompactorError> {
+        // The applied records, and each one's offset.
         let mut applied = Vec::with_capacity(batch.len());
+        let mut offsets = Vec::with_capacity(batch.len());
         let mut first_offset = HashMap::new();
         for rec in &batch {
             match decode_out_record(&rec.value) {
                 Ok(OutRecord::Applied(a)) => {
                     first_offset.entry(a.doc.clone()).or_insert(rec.offset);
-                    applied.push((rec.offset, a));
+                    applied.push(a);
+                    offsets.push(rec.offset);
                 }
                 Ok(OutRecord::Rejected(_)) => {}
                 Err(e) => {
@@ -230,11 +233,9 @@ impl Worker {
             }
         }
         // History first: a snapshot never refers to ops the archive lacks.
-        let records: Vec<AppliedRecord> = applied.iter().map(|(_, a)| a.clone()).collect();
-        self.store.put_history(&records).await?;
-        drop(records);
+        self.store.put_history(&applied).await?;
         self.metrics.archived.inc_by(applied.len() as u64);
-        for (offset, a) in applied {
+        for (offset, a) in offsets.into_iter().zip(applied) {
             if !self.docs.contains(&a.doc) {
                 // The state just before this record (`at: prev`): the
                 // history written above already holds this batch, and the
