@@ -6,12 +6,11 @@
 //   node memory.mjs [DOCS] [SIZE] [OPS] [IDLE_EDITORS]   (default 2000 10000 10 2000)
 // QUIRE_BIN: the quire binary. Extra arguments for `quire serve` after `--`.
 // SETTLE_MS (default 3000): idle time before resident memory is read.
-import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { execFileSync } from "node:child_process";
+import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import WebSocket from "ws";
+import { serveQuire } from "./serve.mjs";
 
 const dash = process.argv.indexOf("--");
 const args = (dash < 0 ? process.argv.slice(2) : process.argv.slice(2, dash)).map(Number);
@@ -24,18 +23,8 @@ const rssKiB = (pid) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pi
 const duKiB = (dir) => Number(execFileSync("du", ["-sk", dir], { encoding: "utf8" }).split("\t")[0]);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const data = mkdtempSync(join(tmpdir(), "quire-mem-"));
-const server = spawn(bin, ["serve", "--addr", "127.0.0.1:0", "--data", data, "--ops-per-sec", "100000", "--ops-burst", "100000", ...extra], {
-  stdio: ["ignore", "pipe", "inherit"],
-  env: { ...process.env, QUIRE_LOG: "warn" },
-});
-const port = await new Promise((ok, err) => {
-  createInterface({ input: server.stdout }).on("line", (l) => {
-    const m = /quire listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(l);
-    if (m) ok(Number(m[1]));
-  });
-  server.once("exit", (c) => err(new Error(`quire exited with ${c}`)));
-});
+const quire = await serveQuire(bin, extra);
+const { child: server, port, data } = quire;
 const url = `ws://127.0.0.1:${port}`;
 const run = Date.now().toString(36);
 
@@ -118,7 +107,5 @@ const parts = execFileSync("du", ["-sk", ...readdirSync(data).map((f) => join(da
   .map(([k, f]) => `${f.slice(data.length + 1)} ${mib(Number(k))} MiB`);
 console.log(`data folder: ${parts.join(", ")}`);
 for (const e of [...editors.map((x) => x.ed), ...extraEditors]) e.ws.close();
-server.kill("SIGTERM");
-await new Promise((r) => server.once("exit", r));
-rmSync(data, { recursive: true, force: true });
+await quire.stop();
 process.exit(0);

@@ -8,11 +8,11 @@
 //   node run.mjs [SECONDS] [--loads 10x3x20,50x4x10,400x2x10]
 // QUIRE_BIN: the quire binary (default: cargo build --release, then its path).
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
+import { serveQuire, start, stop } from "./serve.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, "..", "..");
@@ -42,23 +42,6 @@ function rssMiB(pid) {
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
-/** Starts a server and resolves with {child, port} once it prints its port. */
-function start(cmd, argv, pattern) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, argv, { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, QUIRE_LOG: "warn" } });
-    const lines = createInterface({ input: child.stdout });
-    const timer = setTimeout(() => reject(new Error(`${cmd} did not start`)), 60_000);
-    lines.on("line", (l) => {
-      const m = pattern.exec(l);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ child, port: Number(m[1]) });
-      }
-    });
-    child.once("exit", (c) => reject(new Error(`${cmd} exited with ${c}`)));
-  });
-}
-
 async function measure(target, server, port, [docs, editors, rate]) {
   const url = target === "quire" ? `ws://127.0.0.1:${port}` : `ws://127.0.0.1:${port}`;
   const load = spawn(process.execPath, [join(here, "load.mjs"), target, url, docs, editors, rate, seconds, 3].map(String), {
@@ -86,15 +69,12 @@ async function measure(target, server, port, [docs, editors, rate]) {
 const bin = quireBin();
 const rows = [];
 for (const load of loads) {
-  const data = mkdtempSync(join(tmpdir(), "quire-peer-"));
-  const q = await start(bin, ["serve", "--addr", "127.0.0.1:0", "--data", data, "--ops-per-sec", "100000", "--ops-burst", "100000"], /quire listening on http:\/\/127\.0\.0\.1:(\d+)/);
+  const q = await serveQuire(bin);
   const qr = await measure("quire", q.child, q.port, load);
-  q.child.kill("SIGTERM");
-  await new Promise((r) => q.child.once("exit", r));
-  rmSync(data, { recursive: true, force: true });
+  await q.stop();
   const s = await start(process.execPath, [join(here, "sharedb-server.mjs"), "0"], /listening on (\d+)/);
   const sr = await measure("sharedb", s.child, s.port, load);
-  s.child.kill("SIGTERM");
+  await stop(s.child);
   rows.push({ load, qr, sr });
   console.error(`done ${load.join("x")}`);
 }
