@@ -132,20 +132,7 @@ impl Upgrade {
             let Ok(upgraded) = on_upgrade.await else {
                 return; // the client went away during the handshake
             };
-            // Each frame is written as soon as it is buffered (see the
-            // module doc); writes of whole small messages are unchanged.
-            let config = config.write_buffer_size(0);
-            let inner = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await;
-            callback(Socket {
-                inner,
-                write_timeout: WRITE_TIMEOUT,
-            })
-            .await;
+            callback(Socket::new(TokioIo::new(upgraded), config, WRITE_TIMEOUT).await).await;
         });
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -187,6 +174,17 @@ pub(crate) struct Socket<S = TokioIo<Upgraded>> {
 }
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Socket<S> {
+    /// The server's side of an upgraded connection on `stream`.
+    async fn new(stream: S, config: WebSocketConfig, write_timeout: Duration) -> Socket<S> {
+        // Each frame is written as soon as it is buffered (see the module
+        // doc); writes of whole small messages are unchanged.
+        let config = config.write_buffer_size(0);
+        Socket {
+            inner: WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await,
+            write_timeout,
+        }
+    }
+
     /// Sends one text message, in fragments if it is long.
     pub(crate) async fn send_text(&mut self, text: String) -> Result<(), Error> {
         self.send_utf8(Bytes::from(text)).await
@@ -254,10 +252,8 @@ mod tests {
     async fn a_peer_that_stops_reading_is_cut_off() {
         // The peer's end is kept open and never read.
         let (ours, _peer) = tokio::io::duplex(1024);
-        let mut socket = Socket {
-            inner: WebSocketStream::from_raw_socket(ours, Role::Server, None).await,
-            write_timeout: Duration::from_millis(200),
-        };
+        let config = crate::gateway::ws_config(1 << 20);
+        let mut socket = Socket::new(ours, config, Duration::from_millis(200)).await;
         let sent = tokio::time::timeout(
             Duration::from_secs(30),
             socket.send_text("x".repeat(64 << 10)),

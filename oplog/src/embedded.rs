@@ -54,9 +54,10 @@ pub struct EmbeddedLogConfig {
     /// the sync that makes them durable (their producers are still answered
     /// only after it). Only for a topic whose every reader is in this
     /// process and writes all it derives from the records back into this
-    /// log, as the transformer does with `quire.ops`: the journal is one
-    /// file written in order, so the sync of the answer covers the record
-    /// too, and a crash before it loses both. The writer then waits up to
+    /// log, as the transformer does with `quire.ops`: the journal is
+    /// written in order (a new journal file only after the old one is
+    /// synced), so the sync of the answer covers the record too, and a crash
+    /// before it loses both. The writer then waits up to
     /// [`EmbeddedLogConfig::sync_wait`] before syncing such records, so the
     /// answer shares their sync: one sync per op instead of two.
     pub visible_before_sync: Vec<String>,
@@ -141,12 +142,26 @@ struct PartState {
     tail: std::sync::Mutex<Tail>,
 }
 
-struct Inner {
+/// What the writer thread and the log's handles share. The writer holds
+/// this, never the log itself, so the last handle's drop always happens
+/// outside the writer and joins it.
+struct Shared {
     topics: HashMap<String, Vec<PartState>>,
-    db: Db,
     groups: std::sync::Mutex<HashMap<(String, String, Partition), Offset>>,
     /// Set when a write failed: the log takes no more writes.
     broken: std::sync::atomic::AtomicBool,
+    /// The reclaiming compaction's thread, if one ran; joined after the
+    /// writer.
+    reclaim: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set when the last handle goes: a reclaim not started yet does not.
+    closing: Arc<std::sync::atomic::AtomicBool>,
+    /// Syncs the writer made.
+    syncs: Arc<AtomicU64>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    db: Db,
     tx: mpsc::Sender<WriteReq>,
     /// The idempotent producer. Locked only to number a batch and enqueue
     /// it, so sequences reach the writer in order while many batches wait
@@ -156,29 +171,19 @@ struct Inner {
     /// free again once `EmbeddedLog` is dropped (a reopen, a tool run after
     /// the server, a test).
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// The reclaiming compaction's thread, if one ran; joined after the
-    /// writer.
-    reclaim: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Set when the last handle goes: a reclaim not started yet does not.
-    closing: Arc<std::sync::atomic::AtomicBool>,
-    /// Syncs the writer made.
-    syncs: Arc<AtomicU64>,
 }
 impl Drop for Inner {
     fn drop(&mut self) {
         // Closing the queue ends the writer after its current commit.
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.tx, closed));
-        self.closing.store(true, Ordering::Release);
+        self.shared.closing.store(true, Ordering::Release);
         if let Some(h) = self.writer.lock().ok().and_then(|mut w| w.take()) {
-            // The writer itself may hold the last handle for a moment.
-            if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
-            }
+            let _ = h.join();
         }
         // A compaction under way finishes first: the database closes (and
         // its folder is free again) once this returns.
-        if let Some(h) = self.reclaim.lock().ok().and_then(|mut r| r.take()) {
+        if let Some(h) = self.shared.reclaim.lock().ok().and_then(|mut r| r.take()) {
             let _ = h.join();
         }
     }
@@ -361,11 +366,17 @@ impl EmbeddedLog {
             }
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        let inner = Arc::new(Inner {
+        let shared = Arc::new(Shared {
             topics,
-            db: db.clone(),
             groups: std::sync::Mutex::new(groups),
             broken: std::sync::atomic::AtomicBool::new(false),
+            reclaim: std::sync::Mutex::new(None),
+            closing: Arc::default(),
+            syncs: Arc::default(),
+        });
+        let inner = Arc::new(Inner {
+            shared: shared.clone(),
+            db: db.clone(),
             tx,
             producer: Mutex::new(ProducerState {
                 id: format!("embedded-{}-{}", std::process::id(), crate_nanos()),
@@ -373,12 +384,9 @@ impl EmbeddedLog {
                 next: HashMap::new(),
             }),
             writer: std::sync::Mutex::new(None),
-            reclaim: std::sync::Mutex::new(None),
-            closing: Arc::default(),
-            syncs: Arc::default(),
         });
         let w = Writer {
-            inner: Arc::downgrade(&inner),
+            shared,
             db,
             ids: meta
                 .topics
@@ -391,7 +399,6 @@ impl EmbeddedLog {
             deleted_since: meta.deleted_since,
             visible_before_sync: config.visible_before_sync.iter().cloned().collect(),
             sync_wait: config.sync_wait,
-            syncs: inner.syncs.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("quire-log-writer".into())
@@ -411,14 +418,14 @@ impl EmbeddedLog {
     /// Syncs the writer has made, for tests.
     #[doc(hidden)]
     pub fn syncs(&self) -> u64 {
-        self.inner.syncs.load(Ordering::Relaxed)
+        self.inner.shared.syncs.load(Ordering::Relaxed)
     }
 
     /// The count behind [`EmbeddedLog::syncs`], readable after the log
     /// closed, for tests.
     #[doc(hidden)]
     pub fn sync_counter(&self) -> Arc<AtomicU64> {
-        self.inner.syncs.clone()
+        self.inner.shared.syncs.clone()
     }
 
     /// Bytes the records' tables take on disk (not the journal), for tests.
@@ -429,6 +436,7 @@ impl EmbeddedLog {
     fn part(&self, topic: &str, partition: Partition) -> Result<&PartState> {
         let parts = self
             .inner
+            .shared
             .topics
             .get(topic)
             .ok_or_else(|| LogError::UnknownTopic {
@@ -646,7 +654,7 @@ fn after_commit<T: Send + 'static>(reply: oneshot::Sender<Result<T>>, outcome: R
 
 /// The writer thread's state: the authoritative offsets and producer state.
 struct Writer {
-    inner: std::sync::Weak<Inner>,
+    shared: Arc<Shared>,
     db: Db,
     /// Topic ids in the database.
     ids: HashMap<String, u32>,
@@ -666,8 +674,6 @@ struct Writer {
     /// Topics readers see before their sync (`EmbeddedLogConfig`).
     visible_before_sync: std::collections::HashSet<String>,
     sync_wait: Duration,
-    /// Syncs made, shared with `Inner` (for tests).
-    syncs: Arc<AtomicU64>,
 }
 
 /// Deleted records that make a reclaiming compaction worth its cost: twice
@@ -688,7 +694,7 @@ impl Writer {
     /// (Journals need nothing here: at every journal rotation fjall asks
     /// every keyspace still holding an old journal, `meta` included, to
     /// flush.)
-    fn housekeeping(&mut self, inner: &Inner) {
+    fn housekeeping(&mut self, inner: &Shared) {
         if self.deleted_since < RECLAIM_MIN {
             return;
         }
@@ -783,11 +789,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let Some(inner) = self.inner.upgrade() else {
-                let err = self.sync(since.take());
-                answer(&mut waiting, err.as_deref());
-                return;
-            };
+            let inner = self.shared.clone();
             let outcome = self.group(&inner, batch, &mut waiting);
             let err = match outcome {
                 Written::Synced => {
@@ -814,10 +816,6 @@ impl Writer {
                 Written::Nothing => None,
             };
             self.housekeeping(&inner);
-            // Let go of the log before answering: a caller that drops its
-            // last handle after its answer then always joins this thread
-            // (and the database is closed when its drop returns).
-            drop(inner);
             answer(&mut waiting, err.as_deref());
         }
     }
@@ -831,23 +829,18 @@ impl Writer {
         }
         match self.db.db.persist(fjall::PersistMode::SyncData) {
             Ok(()) => {
-                self.syncs.fetch_add(1, Ordering::Relaxed);
+                self.shared.syncs.fetch_add(1, Ordering::Relaxed);
                 None
             }
-            Err(e) => {
-                let inner = self.inner.upgrade();
-                Some(self.fail(inner.as_deref(), e))
-            }
+            Err(e) => Some(self.fail(e)),
         }
     }
 
-    fn fail(&mut self, inner: Option<&Inner>, e: impl std::fmt::Display) -> String {
+    fn fail(&mut self, e: impl std::fmt::Display) -> String {
         let msg =
             format!("log write failed ({e}); the log takes no more writes: restart the process");
         tracing::error!(error = %e, "log write failed; refusing further writes");
-        if let Some(inner) = inner {
-            inner.broken.store(true, Ordering::Release);
-        }
+        self.shared.broken.store(true, Ordering::Release);
         self.failed = Some(msg.clone());
         msg
     }
@@ -855,7 +848,7 @@ impl Writer {
     /// Writes one group of requests as one write batch, adding their
     /// answers to `replies` (sent once the batch is durable). Synced at once
     /// unless it holds nothing but records of topics read before their sync.
-    fn group(&mut self, inner: &Inner, batch: Vec<WriteReq>, replies: &mut Vec<Reply>) -> Written {
+    fn group(&mut self, inner: &Shared, batch: Vec<WriteReq>, replies: &mut Vec<Reply>) -> Written {
         if let Some(e) = self.failed.clone() {
             replies.extend(batch.into_iter().map(|req| match req {
                 WriteReq::Append { reply, .. } => after_commit(reply, Ok(0)),
@@ -1008,7 +1001,7 @@ impl Writer {
             Effect::Started(..) | Effect::Committed(..) => true,
         });
         if let Err(e) = write.durability(None).commit() {
-            return Written::Failed(self.fail(Some(inner), e));
+            return Written::Failed(self.fail(e));
         }
         // Those records are readable now.
         let (early, effects): (Vec<Effect>, Vec<Effect>) = effects.into_iter().partition(
@@ -1031,7 +1024,7 @@ impl Writer {
 
     /// What a written request changes in memory: a new log start, records
     /// readers may see, a consumer position.
-    fn apply(&self, inner: &Inner, eff: Effect) {
+    fn apply(&self, inner: &Shared, eff: Effect) {
         match eff {
             Effect::Started(t, p, s) => {
                 let part = &inner.topics[&t][p as usize];
@@ -1068,6 +1061,7 @@ impl Writer {
 impl OpLog for EmbeddedLog {
     fn partitions(&self, topic: &str) -> Result<u32> {
         self.inner
+            .shared
             .topics
             .get(topic)
             .map(|p| p.len() as u32)
@@ -1193,7 +1187,7 @@ impl OpLog for EmbeddedLog {
         partition: Partition,
     ) -> Result<Option<Offset>> {
         self.part(topic, partition)?;
-        let groups = self.inner.groups.lock().expect("not poisoned");
+        let groups = self.inner.shared.groups.lock().expect("not poisoned");
         Ok(groups
             .get(&(group.to_owned(), topic.to_owned(), partition))
             .copied())
@@ -1219,7 +1213,7 @@ impl OpLog for EmbeddedLog {
         if self.inner.tx.is_closed() {
             return Err(LogError::Closed);
         }
-        if self.inner.broken.load(Ordering::Acquire) {
+        if self.inner.shared.broken.load(Ordering::Acquire) {
             return Err(storage("a log write failed: restart the process"));
         }
         Ok(())

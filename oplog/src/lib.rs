@@ -88,7 +88,9 @@ pub trait OpLog: Send + Sync + 'static {
     ) -> Result<Vec<(Partition, Offset)>>;
 
     /// Records of `topic/partition` from `from`, at most `max`. When none is
-    /// there yet, waits up to `wait` for one. Only durable records are seen.
+    /// there yet, waits up to `wait` for one. Only durable records are seen,
+    /// except on an `EmbeddedLog` topic opened `visible_before_sync` (read
+    /// by a reader that writes all it derives back into the same log).
     async fn fetch(
         &self,
         topic: &str,

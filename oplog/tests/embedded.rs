@@ -97,6 +97,16 @@ async fn a_raw_record_and_its_answer_share_one_sync() {
         .unwrap();
     assert_eq!(raw, vec![(p, 1)]);
     assert_eq!(log.syncs(), syncs + 2);
+    // And so does a truncation.
+    let raw = written(&log, "op3", 2).await;
+    assert_eq!(log.delete_records("t.applied", p, 1).await.unwrap(), 1);
+    let raw = tokio::time::timeout(Duration::from_secs(30), raw)
+        .await
+        .expect("answered by the truncation's sync")
+        .unwrap()
+        .unwrap();
+    assert_eq!(raw, vec![(p, 2)]);
+    assert_eq!(log.syncs(), syncs + 3);
 }
 
 /// A record read before its sync with nothing written after it is synced

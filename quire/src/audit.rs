@@ -936,7 +936,8 @@ pub fn utc(ms: i64) -> String {
     )
 }
 
-/// Opens the deployment's backends for a tool run (`audit`, `export`).
+/// Opens the deployment's backends for a tool run (`audit`, `export`,
+/// `import`).
 pub async fn open_for_tool(config: &crate::ServeConfig) -> anyhow::Result<crate::Backends> {
     crate::open_backends_for_tool(config).await.with_context(|| {
         if config.kafka.is_none() {
