@@ -827,7 +827,17 @@ impl Writer {
         if let Some(e) = self.failed.clone() {
             return Some(e);
         }
-        match self.db.db.persist(fjall::PersistMode::SyncData) {
+        // The second call checks nothing but whether fjall marked itself
+        // failed meanwhile: its flush worker may have synced the journal
+        // during the wait and got the I/O error (the kernel reports a
+        // writeback error once), marking the database failed just after
+        // letting go of the journal, so the sync above saw no error.
+        let synced = self
+            .db
+            .db
+            .persist(fjall::PersistMode::SyncData)
+            .and_then(|()| self.db.db.persist(fjall::PersistMode::Buffer));
+        match synced {
             Ok(()) => {
                 self.shared.syncs.fetch_add(1, Ordering::Relaxed);
                 None
