@@ -694,7 +694,7 @@ impl Writer {
     /// (Journals need nothing here: at every journal rotation fjall asks
     /// every keyspace still holding an old journal, `meta` included, to
     /// flush.)
-    fn housekeeping(&mut self, inner: &Shared) {
+    fn housekeeping(&mut self) {
         if self.deleted_since < RECLAIM_MIN {
             return;
         }
@@ -702,7 +702,7 @@ impl Writer {
         if self.deleted_since <= 2 * live {
             return;
         }
-        let mut reclaim = inner.reclaim.lock().expect("not poisoned");
+        let mut reclaim = self.shared.reclaim.lock().expect("not poisoned");
         if reclaim.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
@@ -718,7 +718,7 @@ impl Writer {
             tracing::warn!(error = %e, "log: could not reset the deleted-records count");
         }
         let records = self.db.records.clone();
-        let closing = inner.closing.clone();
+        let closing = self.shared.closing.clone();
         let spawned = std::thread::Builder::new()
             .name("quire-log-reclaim".into())
             .spawn(move || {
@@ -767,7 +767,7 @@ impl Writer {
                         Ok(next) => next,
                         Err(_) => {
                             // Nothing came to share the sync: sync now.
-                            let err = self.sync(since.take());
+                            let err = self.sync(since.take().is_some());
                             answer(&mut waiting, err.as_deref());
                             continue;
                         }
@@ -778,7 +778,7 @@ impl Writer {
             let Some(first) = next else {
                 // Closed: what was written is made durable before the log
                 // closes.
-                let err = self.sync(since.take());
+                let err = self.sync(since.take().is_some());
                 answer(&mut waiting, err.as_deref());
                 return;
             };
@@ -789,8 +789,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let inner = self.shared.clone();
-            let outcome = self.group(&inner, batch, &mut waiting);
+            let outcome = self.group(batch, &mut waiting);
             let err = match outcome {
                 Written::Synced => {
                     since = None;
@@ -806,24 +805,26 @@ impl Writer {
                         || waiting.len() >= MAX_GROUP
                         || t0.elapsed() >= self.sync_wait
                     {
-                        self.sync(since.take())
+                        self.sync(since.take().is_some())
                     } else {
-                        self.housekeeping(&inner);
+                        self.housekeeping();
                         continue;
                     }
                 }
                 Written::Nothing if since.is_some() => continue,
                 Written::Nothing => None,
             };
-            self.housekeeping(&inner);
+            self.housekeeping();
             answer(&mut waiting, err.as_deref());
         }
     }
 
-    /// Makes everything written durable, if anything is waiting for it
-    /// (`since`); the error text if the sync failed.
-    fn sync(&mut self, since: Option<std::time::Instant>) -> Option<String> {
-        since?;
+    /// Makes everything written durable, if anything written is waiting for
+    /// it (`pending`); the error text if the sync failed.
+    fn sync(&mut self, pending: bool) -> Option<String> {
+        if !pending {
+            return None;
+        }
         if let Some(e) = self.failed.clone() {
             return Some(e);
         }
@@ -858,7 +859,7 @@ impl Writer {
     /// Writes one group of requests as one write batch, adding their
     /// answers to `replies` (sent once the batch is durable). Synced at once
     /// unless it holds nothing but records of topics read before their sync.
-    fn group(&mut self, inner: &Shared, batch: Vec<WriteReq>, replies: &mut Vec<Reply>) -> Written {
+    fn group(&mut self, batch: Vec<WriteReq>, replies: &mut Vec<Reply>) -> Written {
         if let Some(e) = self.failed.clone() {
             replies.extend(batch.into_iter().map(|req| match req {
                 WriteReq::Append { reply, .. } => after_commit(reply, Ok(0)),
@@ -996,7 +997,7 @@ impl Writer {
         // a read of records the commit below is deleting.
         for eff in &effects {
             if let Effect::Started(t, p, start) = eff {
-                inner.topics[t][*p as usize]
+                self.shared.topics[t][*p as usize]
                     .start
                     .store(*start, Ordering::Release);
             }
@@ -1018,26 +1019,26 @@ impl Writer {
             |e| matches!(e, Effect::Appended { topic, .. } if self.visible_before_sync.contains(topic)),
         );
         for eff in early {
-            self.apply(inner, eff);
+            self.apply(eff);
         }
         if !sync_now {
             return Written::Unsynced;
         }
-        if let Some(e) = self.sync(Some(std::time::Instant::now())) {
+        if let Some(e) = self.sync(true) {
             return Written::Failed(e);
         }
         for eff in effects {
-            self.apply(inner, eff);
+            self.apply(eff);
         }
         Written::Synced
     }
 
     /// What a written request changes in memory: a new log start, records
     /// readers may see, a consumer position.
-    fn apply(&self, inner: &Shared, eff: Effect) {
+    fn apply(&self, eff: Effect) {
         match eff {
             Effect::Started(t, p, s) => {
-                let part = &inner.topics[&t][p as usize];
+                let part = &self.shared.topics[&t][p as usize];
                 part.tail.lock().expect("not poisoned").trim_below(s);
             }
             Effect::Appended {
@@ -1046,7 +1047,7 @@ impl Writer {
                 first,
                 records,
             } => {
-                let part = &inner.topics[&topic][partition as usize];
+                let part = &self.shared.topics[&topic][partition as usize];
                 let end = first + records.len() as u64;
                 {
                     let mut tail = part.tail.lock().expect("not poisoned");
@@ -1061,7 +1062,11 @@ impl Writer {
                 part.hw.send_replace(end);
             }
             Effect::Committed(k, next) => {
-                inner.groups.lock().expect("not poisoned").insert(k, next);
+                self.shared
+                    .groups
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(k, next);
             }
         }
     }
