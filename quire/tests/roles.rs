@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{http, serve_config};
+use common::{http, serve_config, try_http};
 use store::{Call, Intercept, Intercepted, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -83,13 +83,13 @@ async fn a_role_that_keeps_failing_fails_readiness_then_the_process() {
     let mut restarts_seen = false;
     for _ in 0..200 {
         let a = addr.clone();
+        // The process may end between any two requests: a refused
+        // connection is only "not up any more".
         let probe = tokio::task::spawn_blocking(move || {
-            let ready = std::net::TcpStream::connect(&a)
+            let ready = try_http(&a, "GET", "/readyz", None, None).ok();
+            let metrics = try_http(&a, "GET", "/metrics", None, None)
                 .ok()
-                .map(|_| http(&a, "GET", "/readyz", None, None));
-            let metrics = ready
-                .as_ref()
-                .map(|_| http(&a, "GET", "/metrics", None, None).1);
+                .map(|r| r.1);
             (ready, metrics)
         })
         .await

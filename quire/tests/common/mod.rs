@@ -238,7 +238,20 @@ pub fn http(
     body: Option<&str>,
     token: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
+    try_http(addr, method, path, body, token)
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// [`http`] for a server that may be going away: a refused connection is
+/// an error instead of a panic.
+pub fn try_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let body = body.unwrap_or("");
     let auth = token
@@ -270,7 +283,7 @@ pub fn http(
         rest.to_owned()
     };
     let json = serde_json::from_str(&rest).unwrap_or(serde_json::Value::String(rest));
-    (status, json)
+    Ok((status, json))
 }
 
 fn dechunk(mut s: &str) -> String {
