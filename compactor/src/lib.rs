@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use document::{load, DocCache, LoadError, Sources, Topics, WindowPolicy};
+use document::{load, DocCache, LoadError, OpShape, Sources, Topics, WindowPolicy};
 use oplog::{LogError, Offset, OpLog, Partition};
 use prometheus::{IntCounter, Registry};
 use protocol::{decode_out_record, OutRecord};
@@ -242,7 +242,9 @@ impl Worker {
                 // snapshot decision must see each record in turn. Only its
                 // version and count of ops since the latest snapshot are
                 // kept; the text is rebuilt when a snapshot is due.
-                let state = load(
+                // The compactor keeps no window: each load's is shapes,
+                // the cheapest kind.
+                let state = load::<OpShape>(
                     self.sources(),
                     &a.doc,
                     Some(first_offset[&a.doc]),
@@ -269,7 +271,8 @@ impl Worker {
             if p.since_snapshot >= self.config.snapshot_every {
                 // The document at this record: the latest snapshot, the
                 // history after it (archived above) and the topic up to it.
-                let mut state = load(self.sources(), &a.doc, Some(offset + 1), Some(a.seq)).await?;
+                let mut state =
+                    load::<OpShape>(self.sources(), &a.doc, Some(offset + 1), Some(a.seq)).await?;
                 if state.version != a.seq {
                     tracing::error!(doc = %a.doc, seq = a.seq, version = state.version, "could not rebuild the document at a record; reloading it");
                     self.docs.remove(&a.doc);

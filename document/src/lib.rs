@@ -16,4 +16,4 @@ pub use load::{
     load, records_after, LoadError, Sources, Topics, COMPACTOR_GROUP, TRANSFORMER_GROUP,
 };
 pub use state::{tidy, Dedup, DocError, DocState, WindowPolicy, TIDY_EVERY};
-pub use window::{Names, WindowOp};
+pub use window::{Moves, Names, OpShape, WindowEntry, WindowOp};

@@ -4,7 +4,7 @@ use oplog::{partition_for, LogError, Offset, OpLog};
 use protocol::{decode_out_record, AppliedRecord, OutRecord};
 use store::{Store, StoreError};
 
-use crate::{DocError, DocState, WindowPolicy};
+use crate::{DocError, DocState, WindowEntry, WindowPolicy};
 
 /// Consumer group of the transformer on the ops topic (default prefix).
 pub const TRANSFORMER_GROUP: &str = "quire-transformer";
@@ -86,12 +86,12 @@ const LOAD_ATTEMPTS: usize = 20;
 /// current end). With `at`, stops at the last version `<= at` (time travel,
 /// no window). Without, the window is exactly what a warm copy of the
 /// document would hold (see [`WindowPolicy`]).
-pub async fn load(
+pub async fn load<W: WindowEntry>(
     src: Sources<'_>,
     doc: &str,
     upto: Option<Offset>,
     at: Option<u64>,
-) -> Result<DocState, LoadError> {
+) -> Result<DocState<W>, LoadError> {
     let mut attempts = 0;
     loop {
         match load_once(src, doc, upto, at).await {
@@ -108,12 +108,12 @@ pub async fn load(
     }
 }
 
-async fn load_once(
+async fn load_once<W: WindowEntry>(
     src: Sources<'_>,
     doc: &str,
     upto: Option<Offset>,
     at: Option<u64>,
-) -> Result<DocState, LoadError> {
+) -> Result<DocState<W>, LoadError> {
     let topic = src.topics.applied.as_str();
     let partition = partition_for(doc, src.log.partitions(topic)?);
     // Read the compactor's position before the store: history then covers

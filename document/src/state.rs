@@ -4,7 +4,7 @@ use protocol::chain::{self, ChainHash};
 use protocol::{AppliedRecord, ClientEntry, ErrorCode, ProtoError, Snapshot};
 use ropey::Rope;
 
-use crate::window::{Names, WindowOp};
+use crate::window::{Names, WindowEntry, WindowOp};
 
 /// How far back a document keeps applied ops to transform stale bases
 /// against (SPEC §9): at least `min_ops` ops and at least `min_age_ms` of
@@ -71,7 +71,7 @@ pub const TIDY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// [`DocState::tidy`] on each document, packing at most 4 MiB of text per
 /// call (texts that do not fit what is left wait for a later call; larger
 /// ones are never packed), so a role's loop is held up for a few ms at most.
-pub fn tidy<'a>(docs: impl Iterator<Item = &'a mut DocState>) {
+pub fn tidy<'a, W: WindowEntry>(docs: impl Iterator<Item = &'a mut DocState<W>>) {
     let mut budget = 4usize << 20;
     for d in docs {
         budget -= d.tidy(budget);
@@ -95,8 +95,10 @@ pub enum DocError {
     },
 }
 
+/// `W` is what the window keeps of each op: a [`WindowOp`] (all of it, for
+/// catch-up) or an [`OpShape`](crate::OpShape) (what transforming needs).
 #[derive(Debug, Clone)]
-pub struct DocState {
+pub struct DocState<W = WindowOp> {
     pub doc: String,
     /// seq of the last applied op (0: never edited).
     pub version: u64,
@@ -107,7 +109,7 @@ pub struct DocState {
     /// bounded by the window's.
     pub clients: HashMap<String, ClientEntry>,
     /// Recent applied ops, oldest first.
-    pub window: VecDeque<WindowOp>,
+    pub window: VecDeque<W>,
     /// The client and user names `window` refers to.
     names: Names,
     /// Every applied op with `seq > floor` is in `window`.
@@ -130,19 +132,19 @@ pub struct DocState {
 
 /// The outcome of the duplicate check on `(client, cseq)` (SPEC §4, §7).
 #[derive(Debug)]
-pub enum Dedup<'a> {
+pub enum Dedup<'a, W = WindowOp> {
     /// Newer than the client's last op: a new op.
     New,
     /// Applied, and still in the window: the op.
-    Applied(&'a WindowOp),
+    Applied(&'a W),
     /// At or below the client's last op but no longer in the window: it was
     /// applied at `seq` when that is known (it was the client's last op),
     /// otherwise only the archive can tell whether it ever was.
     Forgotten { seq: Option<u64> },
 }
 
-impl DocState {
-    pub fn empty(doc: &str) -> DocState {
+impl<W: WindowEntry> DocState<W> {
+    pub fn empty(doc: &str) -> Self {
         DocState {
             doc: doc.to_owned(),
             version: 0,
@@ -160,7 +162,7 @@ impl DocState {
         }
     }
 
-    pub fn from_snapshot(s: &Snapshot) -> DocState {
+    pub fn from_snapshot(s: &Snapshot) -> Self {
         DocState {
             doc: s.doc.clone(),
             version: s.seq,
@@ -220,7 +222,7 @@ impl DocState {
         match self.window.front() {
             // At least the newest op, whose `ts` is the document's clock.
             None => true,
-            Some(oldest) => !policy.drops(self.window.len() + 1, oldest.ts, self.clock),
+            Some(oldest) => !policy.drops(self.window.len() + 1, oldest.ts(), self.clock),
         }
     }
 
@@ -239,7 +241,7 @@ impl DocState {
                 self.clients.insert(r.client.clone(), entry(&r));
             }
             self.deltas.push_front(delta(&r));
-            self.window.push_front(WindowOp::new(&r, &mut self.names));
+            self.window.push_front(W::new(&r, &mut self.names));
         }
     }
 
@@ -280,7 +282,7 @@ impl DocState {
         self.recent = true;
         self.clients.insert(r.client.clone(), entry(r));
         self.deltas.push_back(delta(r));
-        self.window.push_back(WindowOp::new(r, &mut self.names));
+        self.window.push_back(W::new(r, &mut self.names));
     }
 
     /// Called every few seconds by the roles that keep documents: a text
@@ -310,10 +312,10 @@ impl DocState {
     pub fn trim(&mut self, policy: WindowPolicy) {
         let before = self.floor;
         while let Some(oldest) = self.window.front() {
-            if !policy.drops(self.window.len(), oldest.ts, self.clock) {
+            if !policy.drops(self.window.len(), oldest.ts(), self.clock) {
                 break;
             }
-            self.floor = oldest.seq;
+            self.floor = oldest.seq();
             self.window.pop_front();
             self.deltas.pop_front();
         }
@@ -353,19 +355,14 @@ impl DocState {
         client: &str,
         cseq: u64,
         user: &str,
-    ) -> Result<Dedup<'_>, ProtoError> {
+    ) -> Result<Dedup<'_, W>, ProtoError> {
         match self.clients.get(client) {
             Some(e) if e.user != user => Err(ProtoError::new(
                 ErrorCode::Forbidden,
                 format!("client id {client} belongs to another user"),
             )),
             Some(e) if cseq <= e.cseq => Ok(
-                match self
-                    .window
-                    .iter()
-                    .rev()
-                    .find(|r| &*r.client == client && r.cseq == cseq)
-                {
+                match self.window.iter().rev().find(|r| r.is(client, cseq)) {
                     Some(r) => Dedup::Applied(r),
                     None => Dedup::Forgotten {
                         seq: (cseq == e.cseq).then_some(e.seq),
@@ -378,11 +375,11 @@ impl DocState {
 
     /// The applied ops after version `base`, or None when the window does not
     /// reach back that far.
-    pub fn ops_after(&self, base: u64) -> Option<impl Iterator<Item = &WindowOp>> {
+    pub fn ops_after(&self, base: u64) -> Option<impl Iterator<Item = &W>> {
         if base < self.floor {
             return None;
         }
-        let start = self.window.partition_point(|r| r.seq <= base);
+        let start = self.window.partition_point(|r| r.seq() <= base);
         Some(self.window.range(start..))
     }
 
@@ -391,7 +388,7 @@ impl DocState {
         if base < self.floor {
             return None;
         }
-        let start = self.window.partition_point(|r| r.seq <= base);
+        let start = self.window.partition_point(|r| r.seq() <= base);
         let later: i64 = self.deltas.range(start..).sum();
         Some((self.text.len_chars() as i64 - later) as usize)
     }
@@ -439,7 +436,7 @@ mod tests {
 
     #[test]
     fn window_lengths_and_trim() {
-        let mut s = DocState::empty("d");
+        let mut s = DocState::<WindowOp>::empty("d");
         s.apply_record(&rec(3, 0, Op::splice(0, 0, "hello"), &[], 0))
             .unwrap();
         s.apply_record(&rec(7, 3, Op::splice(0, 1, "J"), &["h"], 10))
@@ -495,7 +492,7 @@ mod tests {
             min_age_ms: 1_000_000,
             max_ops: 3,
         };
-        let mut s = DocState::empty("d");
+        let mut s = DocState::<WindowOp>::empty("d");
         for i in 1..=6u64 {
             let mut r = rec(i, i - 1, Op::splice(0, 0, "x"), &[], i as i64);
             r.client = format!("c{i}");
@@ -531,7 +528,7 @@ mod tests {
                 min_age_ms: next(50) as i64,
                 max_ops: 5 + next(10) as usize,
             };
-            let mut warm = DocState::empty("d");
+            let mut warm = DocState::<WindowOp>::empty("d");
             let mut records = Vec::new();
             for i in 1..=60u64 {
                 // Gateways' clocks jitter, sometimes backwards.
@@ -542,7 +539,7 @@ mod tests {
                 warm.trim(policy);
                 records.push(r);
             }
-            let mut cold = DocState::empty("d");
+            let mut cold = DocState::<WindowOp>::empty("d");
             for r in &records {
                 cold.apply_record(r).unwrap();
             }
@@ -560,7 +557,7 @@ mod tests {
     /// for a whole `tidy` period, never while it is being edited.
     #[test]
     fn tidy_packs_a_text_once_it_goes_idle() {
-        let mut s = DocState::empty("d");
+        let mut s = DocState::<WindowOp>::empty("d");
         for i in 0..10_000u64 {
             let r = rec(i + 1, i, Op::splice(i as usize, 0, "a"), &[], 0);
             s.apply_record(&r).unwrap();
@@ -584,13 +581,13 @@ mod tests {
 
     #[test]
     fn snapshot_round_trip_and_prepended_history() {
-        let mut s = DocState::empty("d");
+        let mut s = DocState::<WindowOp>::empty("d");
         let r1 = rec(2, 0, Op::splice(0, 0, "ab"), &[], 0);
         let r2 = rec(5, 2, Op::splice(1, 0, "X"), &[], 0);
         s.apply_record(&r1).unwrap();
         s.apply_record(&r2).unwrap();
         let snap = s.snapshot();
-        let mut back = DocState::from_snapshot(&snap);
+        let mut back = DocState::<WindowOp>::from_snapshot(&snap);
         assert_eq!(
             (back.version, back.text.to_string(), back.floor),
             (5, "aXb".to_string(), 5)

@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use ot::{Component, Op};
+use ot::{Component, Move, Op};
 use protocol::chain::{self, ChainHash};
 use protocol::AppliedRecord;
 
@@ -73,6 +73,63 @@ pub struct WindowOp {
 const RETAIN: u8 = 0;
 const INSERT: u8 = 1;
 const DELETE: u8 = 2;
+/// An insert kept as its length in code points ([`OpShape`]).
+const INSERTED: u8 = 3;
+
+/// What a document's window keeps of each applied op (see [`DocState`]).
+/// The transformer keeps [`OpShape`]s: transforming needs an op's moves, not
+/// the text it inserted. Fanout keeps [`WindowOp`]s, to serve catch-up.
+///
+/// [`DocState`]: crate::DocState
+pub trait WindowEntry: Clone + std::fmt::Debug + Send + Sync + 'static {
+    fn new(r: &AppliedRecord, names: &mut Names) -> Self;
+    fn seq(&self) -> u64;
+    fn ts(&self) -> i64;
+    /// Whether this is the op `cseq` of `client` (the duplicate check).
+    fn is(&self, client: &str, cseq: u64) -> bool;
+    /// The op's moves, for [`ot::transform_by`], read without allocating.
+    fn moves(&self) -> Moves<'_>;
+}
+
+/// The moves of a packed op body.
+pub struct Moves<'a> {
+    left: usize,
+    r: Reader<'a>,
+}
+
+impl<'a> Moves<'a> {
+    fn of(body: &'a [u8]) -> Self {
+        let mut r = Reader(body);
+        let left = r.varint() as usize;
+        Moves { left, r }
+    }
+}
+
+impl Iterator for Moves<'_> {
+    type Item = Move;
+
+    fn next(&mut self) -> Option<Move> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let tag = self.r.byte();
+        Some(match tag {
+            RETAIN => Move::Retain(self.r.varint() as usize),
+            // Counting code points needs no UTF-8 check: what is not a
+            // continuation byte starts one.
+            INSERT => Move::Insert(
+                self.r
+                    .bytes()
+                    .iter()
+                    .filter(|&&b| (b as i8) >= -0x40)
+                    .count(),
+            ),
+            INSERTED => Move::Insert(self.r.varint() as usize),
+            _ => Move::Delete(self.r.varint() as usize),
+        })
+    }
+}
 
 fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
@@ -105,11 +162,21 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn str(&mut self) -> &'a str {
+    fn byte(&mut self) -> u8 {
+        let b = self.0[0];
+        self.0 = &self.0[1..];
+        b
+    }
+
+    fn bytes(&mut self) -> &'a [u8] {
         let len = self.varint() as usize;
         let (s, rest) = self.0.split_at(len);
         self.0 = rest;
-        std::str::from_utf8(s).expect("packed from a str")
+        s
+    }
+
+    fn str(&mut self) -> &'a str {
+        std::str::from_utf8(self.bytes()).expect("packed from a str")
     }
 }
 
@@ -182,8 +249,7 @@ impl WindowOp {
         let mut r = Reader(&self.body);
         let n = r.varint() as usize;
         let parts = (0..n).map(|_| {
-            let tag = r.0[0];
-            r.0 = &r.0[1..];
+            let tag = r.byte();
             match tag {
                 RETAIN => Component::Retain(r.varint() as usize),
                 INSERT => Component::Insert(r.str().to_owned()),
@@ -220,6 +286,82 @@ impl WindowOp {
             del,
             hash,
         }
+    }
+}
+
+impl WindowEntry for WindowOp {
+    fn new(r: &AppliedRecord, names: &mut Names) -> Self {
+        WindowOp::new(r, names)
+    }
+
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn ts(&self) -> i64 {
+        self.ts
+    }
+
+    fn is(&self, client: &str, cseq: u64) -> bool {
+        self.cseq == cseq && &*self.client == client
+    }
+
+    fn moves(&self) -> Moves<'_> {
+        Moves::of(&self.body)
+    }
+}
+
+/// What the transformer keeps of an applied op: what the duplicate check
+/// and transforming need, 56 bytes plus the op's moves packed (a few bytes
+/// for a keystroke, whatever it inserted). A [`WindowOp`] also keeps the
+/// inserted and deleted text, the user, the hash and the versions, which
+/// only fanout's catch-up reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpShape {
+    pub seq: u64,
+    pub ts: i64,
+    pub cseq: u64,
+    pub client: Arc<str>,
+    /// `[component count, moves…]`, inserts as [`INSERTED`].
+    body: Box<[u8]>,
+}
+
+impl WindowEntry for OpShape {
+    fn new(r: &AppliedRecord, names: &mut Names) -> Self {
+        let mut body = Vec::with_capacity(1 + 4 * r.op.components().len());
+        put_varint(&mut body, r.op.components().len() as u64);
+        for c in r.op.components() {
+            let (tag, n) = match Move::of(c) {
+                Move::Retain(n) => (RETAIN, n),
+                Move::Insert(n) => (INSERTED, n),
+                Move::Delete(n) => (DELETE, n),
+            };
+            body.push(tag);
+            put_varint(&mut body, n as u64);
+        }
+        OpShape {
+            seq: r.seq,
+            ts: r.ts,
+            cseq: r.cseq,
+            client: names.get(&r.client),
+            body: body.into_boxed_slice(),
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn ts(&self) -> i64 {
+        self.ts
+    }
+
+    fn is(&self, client: &str, cseq: u64) -> bool {
+        self.cseq == cseq && &*self.client == client
+    }
+
+    fn moves(&self) -> Moves<'_> {
+        Moves::of(&self.body)
     }
 }
 
@@ -277,6 +419,52 @@ mod tests {
         assert!(names.is_empty());
     }
 
+    /// Both kinds of window op give the moves of the op they keep, so
+    /// transforming through either is transforming through the op.
+    #[test]
+    fn shapes_transform_as_their_ops() {
+        let ops = [
+            Op::noop(),
+            Op::splice(0, 0, "a"),
+            Op::splice(3, 2, "日本語 ✓😀"),
+            Op::from_components([
+                Component::Retain(1 << 20),
+                Component::Insert("é".repeat(200)),
+                Component::Delete(7),
+                Component::Retain(2),
+                Component::Delete(1),
+            ]),
+        ];
+        let pending = [
+            Op::splice(0, 0, "x"),
+            Op::splice(3, 1, "yz"),
+            Op::splice(1 << 20, 4, ""),
+            Op::splice(5, 0, "q"),
+        ];
+        let mut names = Names::default();
+        for op in ops {
+            let del: Vec<String> = (0..op.delete_count()).map(|_| "?".into()).collect();
+            let r = rec(op.clone(), &[], None);
+            let r = AppliedRecord { del, ..r };
+            let full = WindowOp::new(&r, &mut names);
+            let shape = OpShape::new(&r, &mut names);
+            let want: Vec<Move> = op.components().iter().map(Move::of).collect();
+            assert_eq!(full.moves().collect::<Vec<_>>(), want);
+            assert_eq!(shape.moves().collect::<Vec<_>>(), want);
+            for p in &pending {
+                let expected = ot::transform(p, &op, ot::Side::Right);
+                assert_eq!(
+                    ot::transform_by(p, shape.moves(), ot::Side::Right),
+                    expected
+                );
+                assert_eq!(ot::transform_by(p, full.moves(), ot::Side::Right), expected);
+            }
+            assert!((shape.seq, shape.ts) == (r.seq, r.ts));
+            assert!(shape.is(&r.client, r.cseq) && !shape.is(&r.client, r.cseq + 1));
+            assert!(!shape.is("other", r.cseq));
+        }
+    }
+
     /// What a window costs per op (module doc): the struct stays at 128
     /// bytes, and a keystroke's packed body is a few bytes.
     #[test]
@@ -289,5 +477,13 @@ mod tests {
         let mut names = Names::default();
         let w = WindowOp::new(&rec(Op::splice(1234, 0, "a"), &[], None), &mut names);
         assert!(w.body.len() <= 8, "{} bytes", w.body.len());
+        // The transformer's: 56 bytes, and a 1 kB insert's moves are as
+        // small as a keystroke's.
+        assert!(std::mem::size_of::<OpShape>() <= 56);
+        let s = OpShape::new(
+            &rec(Op::splice(1234, 0, &"b".repeat(1000)), &[], None),
+            &mut names,
+        );
+        assert!(s.body.len() <= 8, "{} bytes", s.body.len());
     }
 }

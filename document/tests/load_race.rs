@@ -262,7 +262,7 @@ async fn setup(reset_to_earliest: bool) -> Setup {
     // The compactor's earlier work: the first range archived, a snapshot of
     // DOC at its 2nd op, committed, truncated.
     store.put_history(&first).await.unwrap();
-    let mut at2 = DocState::empty(DOC);
+    let mut at2: DocState = DocState::empty(DOC);
     for r in &records[..2] {
         at2.apply_record(r).unwrap();
     }
@@ -321,7 +321,7 @@ async fn overtaken_load(reset_to_earliest: bool) {
         topics: &s.topics,
         window: WindowPolicy::default(),
     };
-    let state = load(sources, DOC, None, None).await.unwrap();
+    let state: DocState = load(sources, DOC, None, None).await.unwrap();
     assert_eq!(s.log.raced.load(Ordering::SeqCst), 1, "the race was forced");
     assert!(
         s.log.log_start_calls.load(Ordering::SeqCst) >= 2,
@@ -364,7 +364,7 @@ async fn overtaken_time_travel(reset_to_earliest: bool) {
         window: WindowPolicy::default(),
     };
     // Ask for a version between two of DOC's seqs: the last one at or before.
-    let state = load(sources, DOC, None, Some(target.seq + 1))
+    let state: DocState = load(sources, DOC, None, Some(target.seq + 1))
         .await
         .unwrap();
     assert_eq!(s.log.raced.load(Ordering::SeqCst), 1, "the race was forced");

@@ -1,7 +1,7 @@
 //! A reloaded document has the state a warm copy has — text, window and
 //! dedup table — whatever the snapshot it starts from holds (SPEC §12.5).
 
-use document::{load, DocState, Sources, Topics, WindowPolicy};
+use document::{load, DocState, Sources, Topics, WindowOp, WindowPolicy};
 use oplog::{EmbeddedLog, EmbeddedLogConfig, OpLog};
 use ot::Op;
 use protocol::{AppliedRecord, ClientEntry, Snapshot};
@@ -41,7 +41,7 @@ async fn a_reload_forgets_the_clients_a_warm_window_forgot() {
         rec(4, "B", 4),
         rec(5, "B", 5),
     ];
-    let mut warm = DocState::empty("d");
+    let mut warm = DocState::<WindowOp>::empty("d");
     for r in &records {
         warm.apply_record(r).unwrap();
         warm.trim(policy);
@@ -84,5 +84,6 @@ async fn a_reload_forgets_the_clients_a_warm_window_forgot() {
         (cold.version, cold.floor, cold.window.len(), cold.clock),
         (warm.version, warm.floor, warm.window.len(), warm.clock)
     );
+    assert_eq!(cold.window, warm.window, "the window after a reload");
     assert_eq!(cold.clients, warm.clients, "the dedup table after a reload");
 }

@@ -11,6 +11,6 @@
 mod op;
 
 pub use op::{
-    apply, apply_rope, apply_with_deleted, compose, invert, transform, transform_cursor, Component,
-    Op, OtError, SentOp, Side,
+    apply, apply_rope, apply_with_deleted, compose, invert, transform, transform_by,
+    transform_cursor, Component, Move, Op, OtError, SentOp, Side,
 };

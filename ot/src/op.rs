@@ -16,6 +16,27 @@ pub enum Component {
     Delete(usize),
 }
 
+/// A component as another op is transformed past it: only its kind and
+/// length in code points matter (what an insert inserts does not), so a
+/// server can keep this much of its history instead of whole ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    Retain(usize),
+    /// An insert of this many code points.
+    Insert(usize),
+    Delete(usize),
+}
+
+impl Move {
+    pub fn of(c: &Component) -> Move {
+        match c {
+            Component::Retain(n) => Move::Retain(*n),
+            Component::Insert(s) => Move::Insert(char_len(s)),
+            Component::Delete(n) => Move::Delete(*n),
+        }
+    }
+}
+
 /// Which op's insert goes first when both insert at one position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -398,12 +419,17 @@ pub fn compose(a: &Op, b: &Op) -> Op {
 /// Rebases `op` so that it applies after `other` (both made on one version).
 /// `side` says whose insert goes first at a shared position.
 pub fn transform(op: &Op, other: &Op, side: Side) -> Op {
+    transform_by(op, other.0.iter().map(Move::of), side)
+}
+
+/// [`transform`] against an op given as its [`Move`]s (the same result).
+pub fn transform_by(op: &Op, other: impl IntoIterator<Item = Move>, side: Side) -> Op {
     let mut out = Builder::default();
     let mut wa = Walker::new(op);
-    for c in &other.0 {
+    for c in other {
         match c {
-            Component::Retain(n) => {
-                let mut left = *n;
+            Move::Retain(n) => {
+                let mut left = n;
                 while left > 0 {
                     let p = wa.take(left, Some(Whole::Inserts));
                     if !matches!(p, Piece::Insert(_)) {
@@ -412,16 +438,16 @@ pub fn transform(op: &Op, other: &Op, side: Side) -> Op {
                     out.push_piece(p);
                 }
             }
-            Component::Insert(s) => {
+            Move::Insert(n) => {
                 if side == Side::Left {
                     while wa.peek_is_insert() {
                         out.push_piece(wa.take(usize::MAX, Some(Whole::Inserts)));
                     }
                 }
-                out.push(Component::Retain(char_len(s)));
+                out.push(Component::Retain(n));
             }
-            Component::Delete(n) => {
-                let mut left = *n;
+            Move::Delete(n) => {
+                let mut left = n;
                 while left > 0 {
                     match wa.take(left, Some(Whole::Inserts)) {
                         Piece::Retain(k) => left -= k,

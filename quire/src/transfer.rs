@@ -65,7 +65,7 @@ pub async fn export(
     validate_doc_id(doc).map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let records = history(log, store, topics, doc, at).await?;
     // Replay to check the records form one chain and to state the text.
-    let mut state = document::DocState::empty(doc);
+    let mut state = document::DocState::<document::OpShape>::empty(doc);
     for r in &records {
         state
             .apply_record(r)
@@ -129,7 +129,7 @@ pub async fn import(
     }
     // Read and check every record before submitting any.
     let mut records = Vec::new();
-    let mut replay = document::DocState::empty(&header.doc);
+    let mut replay = document::DocState::<document::OpShape>::empty(&header.doc);
     for (i, line) in lines.enumerate() {
         let line = line?;
         if line.trim().is_empty() {

@@ -28,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, resume_unwind};
 
 use client::{ClientCore, CoreEvent};
-use document::{DocState, WindowPolicy};
+use document::{DocState, OpShape, WindowEntry, WindowPolicy};
 use fanout::{check, join_messages, resolve, Ask, Checked, Found};
 use ot::Op;
 use protocol::{AppliedRecord, ClientMsg, ErrorCode, OutRecord, RawRecord, ServerMsg};
@@ -68,7 +68,7 @@ struct Sim {
     cfg: CoreConfig,
     docs: Vec<String>,
     /// The transformer's documents.
-    tx_docs: Vec<DocState>,
+    tx_docs: Vec<DocState<OpShape>>,
     /// Fanout's read model (lags the transformer).
     fan_docs: Vec<DocState>,
     raw_log: Vec<RawRecord>,
@@ -507,36 +507,14 @@ impl Sim {
     fn restart_roles(&mut self) {
         self.stats.restarts += 1;
         for d in 0..self.docs.len() {
-            let rebuilt = |upto: usize| {
-                let mut st = DocState::empty(&self.docs[d]);
-                for rec in &self.applied_log[..upto] {
-                    if let OutRecord::Applied(a) = rec {
-                        if a.doc == self.docs[d] {
-                            st.apply_record(a).expect("the applied log replays");
-                        }
-                    }
-                }
-                st.trim(self.cfg.window);
-                st
-            };
-            for (mine, upto, role) in [
-                (&self.tx_docs[d], self.applied_log.len(), "transformer"),
-                (&self.fan_docs[d], self.fanned, "fanout"),
-            ] {
-                let again = rebuilt(upto);
-                assert_eq!(again.text, mine.text, "{role}: text after replay");
-                assert_eq!(
-                    (again.version, again.floor, again.window.len(), again.clock),
-                    (mine.version, mine.floor, mine.window.len(), mine.clock),
-                    "{role}: version/floor/window length/clock after replay"
-                );
-                assert_eq!(
-                    again.clients, mine.clients,
-                    "{role}: dedup table after replay"
-                );
-            }
-            self.tx_docs[d] = rebuilt(self.applied_log.len());
-            self.fan_docs[d] = rebuilt(self.fanned);
+            let doc = &self.docs[d];
+            let all = &self.applied_log[..];
+            let tx = rebuilt(doc, all, self.cfg.window);
+            same_after_replay(&self.tx_docs[d], &tx, "transformer");
+            let fan = rebuilt(doc, &all[..self.fanned], self.cfg.window);
+            same_after_replay(&self.fan_docs[d], &fan, "fanout");
+            self.tx_docs[d] = tx;
+            self.fan_docs[d] = fan;
         }
         for c in 0..self.clients.len() {
             if self.clients[c].conn.is_some() {
@@ -743,5 +721,37 @@ fn simulation_catches_a_broken_transform() {
     assert!(
         by_checks.sum::<usize>() > 0,
         "the simulation's checks never noticed ops applied untransformed: {kinds:?}"
+    );
+}
+
+/// `doc` replayed from the applied log, as a restarted role rebuilds it.
+fn rebuilt<W: WindowEntry>(doc: &str, log: &[OutRecord], window: WindowPolicy) -> DocState<W> {
+    let mut st = DocState::empty(doc);
+    for rec in log {
+        if let OutRecord::Applied(a) = rec {
+            if a.doc == doc {
+                st.apply_record(a).expect("the applied log replays");
+            }
+        }
+    }
+    st.trim(window);
+    st
+}
+
+fn same_after_replay<W: WindowEntry + PartialEq>(
+    mine: &DocState<W>,
+    again: &DocState<W>,
+    role: &str,
+) {
+    assert_eq!(again.text, mine.text, "{role}: text after replay");
+    assert_eq!(
+        (again.version, again.floor, again.clock),
+        (mine.version, mine.floor, mine.clock),
+        "{role}: version/floor/clock after replay"
+    );
+    assert_eq!(again.window, mine.window, "{role}: window after replay");
+    assert_eq!(
+        again.clients, mine.clients,
+        "{role}: dedup table after replay"
     );
 }

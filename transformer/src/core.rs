@@ -1,4 +1,4 @@
-use document::{Dedup, DocState, WindowPolicy};
+use document::{Dedup, OpShape, WindowEntry, WindowPolicy};
 use ot::Side;
 use protocol::{
     AppliedRecord, ErrorCode, RawRecord, RejectedRecord, APPLIED_VERSION, RECORD_VERSION,
@@ -24,6 +24,10 @@ impl Default for CoreConfig {
         }
     }
 }
+
+/// A document as the transformer keeps it: its window holds each op's
+/// shape, which is all that transforming and the duplicate check read.
+pub type DocState = document::DocState<OpShape>;
 
 /// What the transformer decides for one raw record.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +128,7 @@ pub fn process(state: &mut DocState, raw: &RawRecord, seq: u64, cfg: &CoreConfig
     }
     let mut op = sent.clone();
     for applied in later {
-        op = ot::transform(&op, &applied.op(), Side::Right);
+        op = ot::transform_by(&op, applied.moves(), Side::Right);
     }
     let after_bytes = state.text_len_bytes() + op.inserted_bytes();
     if after_bytes > cfg.max_doc_bytes {

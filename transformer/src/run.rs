@@ -3,7 +3,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use document::{load, tidy, DocCache, DocState, LoadError, Sources, Topics, TIDY_EVERY};
+use document::{load, tidy, DocCache, LoadError, Sources, Topics, TIDY_EVERY};
+
+use crate::core::DocState;
 use oplog::{LogError, Offset, OpLog, Partition};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use protocol::{decode_out_record, decode_raw_record, OutRecord};

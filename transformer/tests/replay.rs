@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use document::{load, DocState, Sources, Topics, WindowPolicy};
+use document::{load, Sources, Topics, WindowPolicy};
 use ot::Op;
 use protocol::{OutRecord, RawRecord};
 use store::{EmbeddedStore, Store};
 use testkit::SplitMix64;
-use transformer::{process, CoreConfig, Outcome};
+use transformer::{process, CoreConfig, DocState, Outcome};
 
 const DOC: &str = "replayed";
 const INSERTS: &[&str] = &["x", "yz", "é", "😀"];
@@ -168,6 +168,7 @@ async fn rebuilding_from_any_snapshot_gives_identical_output() {
                 "cut {cut}: the reloaded window differs from the warm one"
             );
             assert_eq!(rebuilt.clients, warm.clients, "cut {cut}: dedup table");
+            assert_eq!(rebuilt.window, warm.window, "cut {cut}: window ops");
         }
         for (i, raw) in raws.iter().enumerate().skip(cut) {
             let out = match process(&mut rebuilt, raw, i as u64 + 1, &cfg) {
