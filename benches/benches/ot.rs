@@ -3,7 +3,9 @@
 //! `cargo bench -p benches` (results: benches/README.md).
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use ot::{apply_rope, compose, transform, Op, Side};
+use document::{Names, OpShape, WindowEntry, WindowOp};
+use ot::{apply_rope, compose, transform, transform_by, Op, Side};
+use protocol::AppliedRecord;
 use ropey::Rope;
 
 const TRACES: [&str; 3] = ["automerge-paper", "seph-blog1", "rustcode"];
@@ -51,6 +53,70 @@ fn bench_transform(c: &mut Criterion) {
     g.finish();
 }
 
+/// The transformer's step: each op transformed against its predecessor as
+/// a document's window keeps it. `whole` decodes a [`WindowOp`] into an op
+/// first (what the transformer did before it kept shapes); `shape` reads
+/// the moves of an [`OpShape`] in place.
+fn bench_transform_window(c: &mut Criterion) {
+    let mut g = c.benchmark_group("transform_window");
+    g.sample_size(10);
+    for name in TRACES {
+        let t = benches::load(name);
+        let mut names = Names::default();
+        let records: Vec<AppliedRecord> = t
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| AppliedRecord {
+                v: 2,
+                doc: "d".into(),
+                seq: i as u64 + 1,
+                prev: i as u64,
+                client: "c".into(),
+                cseq: i as u64 + 1,
+                base: i as u64,
+                user: "u".into(),
+                ts: 0,
+                op: op.clone(),
+                del: vec!["x".repeat(1); op.delete_count()],
+                hash: None,
+            })
+            .collect();
+        let whole: Vec<WindowOp> = records
+            .iter()
+            .map(|r| WindowOp::new(r, &mut names))
+            .collect();
+        let shapes: Vec<OpShape> = records
+            .iter()
+            .map(|r| WindowEntry::new(r, &mut names))
+            .collect();
+        g.throughput(Throughput::Elements(t.ops.len() as u64 - 1));
+        g.bench_function(format!("whole/{name}"), |b| {
+            b.iter(|| {
+                let mut n = 0usize;
+                for (op, w) in t.ops[1..].iter().zip(&whole) {
+                    n += transform(black_box(op), &w.op(), Side::Right)
+                        .components()
+                        .len();
+                }
+                n
+            })
+        });
+        g.bench_function(format!("shape/{name}"), |b| {
+            b.iter(|| {
+                let mut n = 0usize;
+                for (op, w) in t.ops[1..].iter().zip(&shapes) {
+                    n += transform_by(black_box(op), w.moves(), Side::Right)
+                        .components()
+                        .len();
+                }
+                n
+            })
+        });
+    }
+    g.finish();
+}
+
 /// Composes runs of 64 consecutive ops: what a client's buffer does while
 /// an op is in flight.
 fn bench_compose(c: &mut Criterion) {
@@ -76,5 +142,11 @@ fn bench_compose(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_apply, bench_transform, bench_compose);
+criterion_group!(
+    benches,
+    bench_apply,
+    bench_transform,
+    bench_transform_window,
+    bench_compose
+);
 criterion_main!(benches);

@@ -97,7 +97,7 @@ const textKiB = textBytes / 1024;
 console.log(`| documents × text | text | resident | resident / text | per idle editor | data folder | data / (text + history) |`);
 console.log(`|---|---|---|---|---|---|---|`);
 console.log(
-  `| ${docs} × ${size} B (${opsPerDoc} ops each) | ${mib(textKiB)} MiB | ${mib(rssActive)} MiB | ${(rssActive / textKiB).toFixed(2)}× | ${(((rssIdle - rssActive) * 1024) / idle / 1024).toFixed(1)} KiB | ${mib(dataKiB)} MiB | ${(dataKiB / ((textBytes + historyBytes) / 1024)).toFixed(2)}× |`,
+  `| ${docs} × ${size} B (${opsPerDoc} ops each) | ${mib(textKiB)} MiB | ${mib(rssActive)} MiB | ${(rssActive / textKiB).toFixed(2)}× | ${idle > 0 ? `${((rssIdle - rssActive) / idle).toFixed(1)} KiB` : "–"} | ${mib(dataKiB)} MiB | ${(dataKiB / ((textBytes + historyBytes) / 1024)).toFixed(2)}× |`,
 );
 // Where the data folder's bytes are, per entry (the log's database, the store).
 const parts = execFileSync("du", ["-sk", ...readdirSync(data).map((f) => join(data, f))], { encoding: "utf8" })
