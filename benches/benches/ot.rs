@@ -78,7 +78,7 @@ fn bench_transform_window(c: &mut Criterion) {
                 user: "u".into(),
                 ts: 0,
                 op: op.clone(),
-                del: vec!["x".repeat(1); op.delete_count()],
+                del: vec!["x".into(); op.delete_count()],
                 hash: None,
             })
             .collect();

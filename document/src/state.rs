@@ -110,7 +110,7 @@ pub struct DocState<W = WindowOp> {
     pub clients: HashMap<String, ClientEntry>,
     /// Recent applied ops, oldest first.
     pub window: VecDeque<W>,
-    /// The client and user names `window` refers to.
+    /// The names `window` refers to (see [`Names`]).
     names: Names,
     /// Every applied op with `seq > floor` is in `window`.
     pub floor: u64,
@@ -132,10 +132,10 @@ pub struct DocState<W = WindowOp> {
 
 /// The outcome of the duplicate check on `(client, cseq)` (SPEC §4, §7).
 #[derive(Debug)]
-pub enum Dedup<'a, W = WindowOp> {
+pub enum Dedup<'a, W> {
     /// Newer than the client's last op: a new op.
     New,
-    /// Applied, and still in the window: the op.
+    /// Applied, and still in the window: what the window keeps of it.
     Applied(&'a W),
     /// At or below the client's last op but no longer in the window: it was
     /// applied at `seq` when that is known (it was the client's last op),
@@ -362,7 +362,7 @@ impl<W: WindowEntry> DocState<W> {
                 format!("client id {client} belongs to another user"),
             )),
             Some(e) if cseq <= e.cseq => Ok(
-                match self.window.iter().rev().find(|r| r.is(client, cseq)) {
+                match self.window.iter().rev().find(|r| r.is_op_of(client, cseq)) {
                     Some(r) => Dedup::Applied(r),
                     None => Dedup::Forgotten {
                         seq: (cseq == e.cseq).then_some(e.seq),

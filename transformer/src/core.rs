@@ -27,7 +27,7 @@ impl Default for CoreConfig {
 
 /// A document as the transformer keeps it: its window holds each op's
 /// shape, which is all that transforming and the duplicate check read.
-pub type DocState = document::DocState<OpShape>;
+pub type TransformerDoc = document::DocState<OpShape>;
 
 /// What the transformer decides for one raw record.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,7 +42,7 @@ pub enum Outcome {
 
 /// Decides one raw record at `seq` against `state`, updating `state` when
 /// the op is applied. Pure: no I/O, no clock.
-pub fn process(state: &mut DocState, raw: &RawRecord, seq: u64, cfg: &CoreConfig) -> Outcome {
+pub fn process(state: &mut TransformerDoc, raw: &RawRecord, seq: u64, cfg: &CoreConfig) -> Outcome {
     let reject = |code: ErrorCode, message: String| {
         Outcome::Rejected(RejectedRecord {
             // Rejections did not change: they keep version 1.
@@ -241,7 +241,7 @@ mod tests {
     #[test]
     fn concurrent_ops_are_transformed_and_earlier_insert_wins_left() {
         let cfg = CoreConfig::default();
-        let mut s = DocState::empty("d");
+        let mut s = TransformerDoc::empty("d");
         let a = applied(process(&mut s, &raw("a", 1, 0, "hello"), 1, &cfg));
         assert_eq!((a.seq, a.prev), (1, 0));
         // b and c both based on version 1, both insert at 5.
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn duplicates_and_refusals_change_nothing() {
         let cfg = CoreConfig::default();
-        let mut s = DocState::empty("d");
+        let mut s = TransformerDoc::empty("d");
         applied(process(&mut s, &raw("a", 1, 0, "abc"), 1, &cfg));
         let before = (s.version, s.text.to_string());
         assert_eq!(
@@ -297,7 +297,7 @@ mod tests {
             },
             ..CoreConfig::default()
         };
-        let mut s = DocState::empty("d");
+        let mut s = TransformerDoc::empty("d");
         for i in 1..=5 {
             applied(process(&mut s, &raw("a", i, i - 1, "x"), i, &cfg));
         }
@@ -315,7 +315,7 @@ mod tests {
     #[test]
     fn an_op_that_does_not_fit_as_sent_is_refused() {
         let cfg = CoreConfig::default();
-        let mut s = DocState::empty("d");
+        let mut s = TransformerDoc::empty("d");
         // [100] on an empty document normalises to nothing, but it claims
         // 100 code points: INVALID_OP, and the version does not move.
         let mut r = raw("a", 1, 0, "");
@@ -341,7 +341,7 @@ mod tests {
             max_record_bytes: 64 << 10,
             ..CoreConfig::default()
         };
-        let mut s = DocState::empty("d");
+        let mut s = TransformerDoc::empty("d");
         let big = "y".repeat(40 << 10);
         applied(process(&mut s, &raw("a", 1, 0, &big), 1, &cfg));
         applied(process(&mut s, &raw("a", 2, 1, &big), 2, &cfg));

@@ -10,5 +10,5 @@
 mod core;
 mod run;
 
-pub use crate::core::{process, CoreConfig, DocState, Outcome};
+pub use crate::core::{process, CoreConfig, Outcome, TransformerDoc};
 pub use run::{run, Metrics, TransformerConfig, TransformerError};

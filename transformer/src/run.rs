@@ -4,8 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use document::{load, tidy, DocCache, LoadError, Sources, Topics, TIDY_EVERY};
-
-use crate::core::DocState;
 use oplog::{LogError, Offset, OpLog, Partition};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use protocol::{decode_out_record, decode_raw_record, OutRecord};
@@ -13,7 +11,7 @@ use store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{process, CoreConfig, Outcome};
+use crate::{process, CoreConfig, Outcome, TransformerDoc};
 
 #[derive(Debug, Clone)]
 pub struct TransformerConfig {
@@ -173,7 +171,7 @@ struct PartitionWorker {
     log: Arc<dyn OpLog>,
     store: Arc<dyn Store>,
     metrics: Metrics,
-    docs: DocCache<DocState>,
+    docs: DocCache<TransformerDoc>,
 }
 
 impl PartitionWorker {

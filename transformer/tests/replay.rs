@@ -11,7 +11,7 @@ use ot::Op;
 use protocol::{OutRecord, RawRecord};
 use store::{EmbeddedStore, Store};
 use testkit::SplitMix64;
-use transformer::{process, CoreConfig, DocState, Outcome};
+use transformer::{process, CoreConfig, Outcome, TransformerDoc};
 
 const DOC: &str = "replayed";
 const INSERTS: &[&str] = &["x", "yz", "é", "😀"];
@@ -21,7 +21,7 @@ const INSERTS: &[&str] = &["x", "yz", "é", "😀"];
 fn raw_records(seed: u64, n: usize, cfg: &CoreConfig) -> Vec<RawRecord> {
     let mut r = SplitMix64::new(seed);
     let mut texts: BTreeMap<u64, String> = BTreeMap::from([(0, String::new())]);
-    let mut state = DocState::empty(DOC);
+    let mut state = TransformerDoc::empty(DOC);
     let mut cseqs = [0u64; 6];
     let mut last_seq = [0u64; 6];
     let mut out = Vec::new();
@@ -88,7 +88,7 @@ async fn rebuilding_from_any_snapshot_gives_identical_output() {
     let raws = raw_records(42, 300, &cfg);
 
     // The reference run from the empty document.
-    let mut state = DocState::empty(DOC);
+    let mut state = TransformerDoc::empty(DOC);
     let mut outputs: Vec<Option<OutRecord>> = Vec::new();
     let mut states = Vec::new();
     for (i, raw) in raws.iter().enumerate() {
