@@ -161,7 +161,7 @@ const INLINE: usize = 22;
 
 /// A packed body: inline when short, so a keystroke costs no allocation of
 /// its own (glibc's smallest chunk is 32 bytes); 24 bytes either way.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 enum Packed {
     Inline(u8, [u8; INLINE]),
     Heap(Box<[u8]>),
@@ -186,6 +186,17 @@ impl Packed {
         }
     }
 }
+
+const _: () = assert!(INLINE <= u8::MAX as usize);
+
+/// Equal bodies are equal however they are kept.
+impl PartialEq for Packed {
+    fn eq(&self, other: &Packed) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for Packed {}
 
 impl std::fmt::Debug for Packed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -538,6 +549,15 @@ mod tests {
             let s = OpShape::new(&r, &mut names);
             assert!(matches!(s.body, Packed::Inline(..)), "{:?}", s.body);
         }
+        // Bodies up to INLINE bytes stay inline, longer ones are allocated;
+        // both come back whole.
+        for n in [INLINE - 1, INLINE, INLINE + 1] {
+            let bytes: Vec<u8> = (0..n as u8).collect();
+            let p = Packed::new(bytes.clone());
+            assert_eq!(p.bytes(), &bytes[..]);
+            assert_eq!(matches!(p, Packed::Inline(..)), n <= INLINE, "{n}");
+        }
+        assert_eq!(std::mem::size_of::<Packed>(), 24);
         // A 1 kB insert's moves are as small as a keystroke's.
         let s = OpShape::new(
             &rec(Op::splice(1234, 0, &"b".repeat(1000)), &[], None),
