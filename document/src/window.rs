@@ -375,9 +375,8 @@ impl WindowEntry for WindowOp {
 /// What the transformer keeps of an applied op: what the duplicate check
 /// and transforming need, in 64 bytes with the op's moves packed inline (a
 /// few bytes for a keystroke, whatever it inserted). A [`WindowOp`] also
-/// keeps the
-/// inserted and deleted text, the user, the hash and the versions, which
-/// only fanout's catch-up reads.
+/// keeps the inserted and deleted text, the user, the hash and the
+/// versions, which only fanout's catch-up reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpShape {
     pub seq: u64,
