@@ -5,6 +5,7 @@ use protocol::{AppliedRecord, ClientEntry, ErrorCode, ProtoError, Snapshot};
 use ropey::Rope;
 
 use crate::window::{Names, WindowEntry, WindowOp};
+use crate::TextShare;
 
 /// How far back a document keeps applied ops to transform stale bases
 /// against (SPEC §9): at least `min_ops` ops and at least `min_age_ms` of
@@ -71,10 +72,18 @@ pub const TIDY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// [`DocState::tidy`] on each document, packing at most 4 MiB of text per
 /// call (texts that do not fit what is left wait for a later call; larger
 /// ones are never packed), so a role's loop is held up for a few ms at most.
-pub fn tidy<'a, W: WindowEntry>(docs: impl Iterator<Item = &'a mut DocState<W>>) {
+/// `packed` sees each document whose text was packed.
+pub fn tidy<'a, W: WindowEntry>(
+    docs: impl Iterator<Item = &'a mut DocState<W>>,
+    mut packed: impl FnMut(&DocState<W>),
+) {
     let mut budget = 4usize << 20;
     for d in docs {
-        budget -= d.tidy(budget);
+        let n = d.tidy(budget);
+        if n > 0 {
+            budget -= n;
+            packed(d);
+        }
     }
 }
 
@@ -264,6 +273,55 @@ impl<W: WindowEntry> DocState<W> {
         Ok(())
     }
 
+    /// [`apply_record`](Self::apply_record), taking the text at the
+    /// record's version from `share` when the transformer in this process
+    /// offered it (see [`TextShare`]). Returns whether it did.
+    pub fn apply_record_shared(
+        &mut self,
+        r: &AppliedRecord,
+        share: Option<&TextShare>,
+    ) -> Result<bool, DocError> {
+        let offered = match share {
+            Some(s) if r.prev == self.version => s.take(&self.doc, r.seq),
+            _ => None,
+        };
+        let expected = self.text.len_chars() as i64 + delta(r);
+        match offered {
+            Some(text) if text.len_chars() as i64 == expected => {
+                if cfg!(debug_assertions) {
+                    let mut own = self.text.clone();
+                    ot::apply_rope(&mut own, &r.op).expect("the offered text's record applies");
+                    assert!(
+                        own == text,
+                        "{}: offered text at {} differs",
+                        self.doc,
+                        r.seq
+                    );
+                }
+                self.text = text;
+                self.push_applied(r);
+                // Packing is the transformer's: its text is this text.
+                self.grown = false;
+                Ok(true)
+            }
+            _ => self.apply_record(r).map(|()| false),
+        }
+    }
+
+    /// Takes the text the transformer offered at the current version after
+    /// repacking it ([`TextShare`]); it is not repacked here again.
+    pub fn adopt_shared(&mut self, share: &TextShare) -> bool {
+        match share.take(&self.doc, self.version) {
+            Some(text) if text.len_chars() == self.text.len_chars() => {
+                debug_assert!(text == self.text, "{}: offered text differs", self.doc);
+                self.text = text;
+                self.grown = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Records an op whose effect is already in `text` (the transformer
     /// applies it itself to learn the deleted text). The chain takes the
     /// record's `hash` (checking it is `quire audit`'s job); a version-1
@@ -432,6 +490,46 @@ mod tests {
             del: del.iter().map(|s| s.to_string()).collect(),
             hash: None,
         }
+    }
+
+    /// Fanout takes an offered text only at the version it applies and at
+    /// the length the record gives; otherwise it edits its own.
+    #[test]
+    fn a_shared_text_is_taken_only_when_it_fits() {
+        let share = TextShare::new(8);
+        let mut s = DocState::<WindowOp>::empty("d");
+        let r1 = rec(1, 0, Op::splice(0, 0, "hello"), &[], 0);
+        share.offer("d", 1, &Rope::from_str("hello"));
+        assert!(s.apply_record_shared(&r1, Some(&share)).unwrap());
+        // The wrong length: not taken, the record applied instead.
+        let r2 = rec(2, 1, Op::splice(5, 0, "!"), &[], 0);
+        share.offer("d", 2, &Rope::from_str("hello!!"));
+        assert!(!s.apply_record_shared(&r2, Some(&share)).unwrap());
+        assert_eq!(s.text.to_string(), "hello!");
+        // An offer for another version stays for it.
+        share.offer("d", 4, &Rope::from_str("x"));
+        let r3 = rec(3, 2, Op::splice(0, 1, "J"), &["h"], 0);
+        assert!(!s.apply_record_shared(&r3, Some(&share)).unwrap());
+        assert_eq!((s.text.to_string(), share.len()), ("Jello!".into(), 1));
+        // A repacked text at the current version is adopted.
+        let mut packed = Rope::from_str("Jello!");
+        packed.shrink_to_fit();
+        share.offer("d", 3, &packed);
+        assert!(s.adopt_shared(&share));
+        assert!(!s.adopt_shared(&share), "taken once");
+        assert_eq!(s.window.len(), 3);
+    }
+
+    /// Debug builds (every test run) check that an offered text is the one
+    /// the record gives, not only its length.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "offered text at 1 differs")]
+    fn a_wrong_shared_text_of_the_right_length_is_caught_in_debug_builds() {
+        let share = TextShare::new(8);
+        let mut s = DocState::<WindowOp>::empty("d");
+        share.offer("d", 1, &Rope::from_str("jello"));
+        let _ = s.apply_record_shared(&rec(1, 0, Op::splice(0, 0, "hello"), &[], 0), Some(&share));
     }
 
     #[test]

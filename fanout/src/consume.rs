@@ -25,6 +25,7 @@ impl Fanout {
         let topic = self.inner.config.topics.applied.clone();
         let window = self.inner.config.window;
         let metrics = &self.inner.metrics;
+        let share = self.inner.config.text_share.as_deref();
         let lock = &self.inner.parts[p as usize];
         let mut last_tidy = tokio::time::Instant::now();
         loop {
@@ -34,7 +35,14 @@ impl Fanout {
             }
             if last_tidy.elapsed() >= TIDY_EVERY {
                 let mut part = lock.lock().await;
-                tidy(part.docs.values_mut().map(|h| &mut h.state));
+                if let Some(share) = share {
+                    for h in part.docs.values_mut() {
+                        if h.state.adopt_shared(share) {
+                            metrics.texts_shared.inc();
+                        }
+                    }
+                }
+                tidy(part.docs.values_mut().map(|h| &mut h.state), |_| {});
                 last_tidy = tokio::time::Instant::now();
             }
             let pos = lock.lock().await.pos;
@@ -79,14 +87,19 @@ impl Fanout {
                 };
                 match part.docs.peek_mut(&rec.key) {
                     Some(hub) => match decode() {
-                        Some(OutRecord::Applied(a)) => hub.deliver(a, window, metrics),
+                        Some(OutRecord::Applied(a)) => hub.deliver(a, window, share, metrics),
                         Some(OutRecord::Rejected(r)) => hub.reject(r),
                         None => {}
                     },
-                    None => part.buffer_for_load(rec.offset, &rec.key, || match decode() {
-                        Some(OutRecord::Applied(a)) => Some(a),
-                        _ => None,
-                    }),
+                    None => {
+                        if let Some(s) = share {
+                            s.forget(&rec.key);
+                        }
+                        part.buffer_for_load(rec.offset, &rec.key, || match decode() {
+                            Some(OutRecord::Applied(a)) => Some(a),
+                            _ => None,
+                        })
+                    }
                 }
             }
             let broken: Vec<String> = part

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use document::{load, DocCache, DocState, WindowPolicy};
+use document::{load, DocCache, DocState, TextShare, WindowPolicy};
 use oplog::Offset;
 use protocol::{AppliedRecord, ErrorCode, OutRecord, ProtoError, RejectedRecord, ServerMsg};
 use tokio::sync::{mpsc, oneshot, watch, MutexGuard};
@@ -69,12 +69,22 @@ impl Hub {
 
     /// Applies an applied record and queues it to every subscriber; a
     /// subscriber whose queue is full is cut off (it re-joins with `since`).
-    pub(crate) fn deliver(&mut self, a: AppliedRecord, window: WindowPolicy, metrics: &Metrics) {
+    pub(crate) fn deliver(
+        &mut self,
+        a: AppliedRecord,
+        window: WindowPolicy,
+        share: Option<&TextShare>,
+        metrics: &Metrics,
+    ) {
         if a.seq <= self.state.version {
             return; // loaded from the log already, or written twice
         }
         self.decided = self.decided.max(a.seq);
-        if let Err(e) = self.state.apply_record(&a) {
+        let applied = self.state.apply_record_shared(&a, share);
+        if let Ok(true) = applied {
+            metrics.texts_shared.inc();
+        }
+        if let Err(e) = applied {
             // Broken invariant: drop the document so it is reloaded, and
             // cut its subscribers off (they re-join and catch up).
             tracing::error!(error = %e, "applied stream does not follow the document; reloading it");

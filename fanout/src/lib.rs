@@ -31,7 +31,7 @@ mod submit;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use document::{LoadError, Sources, Topics, WindowPolicy};
+use document::{LoadError, Sources, TextShare, Topics, WindowPolicy};
 use oplog::{partition_for, LogError, OpLog, Partition};
 use protocol::{ErrorCode, ProtoError};
 use store::{Store, StoreError};
@@ -55,6 +55,9 @@ pub struct FanoutConfig {
     /// Documents kept in memory per partition; those with subscribers or
     /// waiters are never evicted, so this bounds the idle ones.
     pub max_idle_docs: usize,
+    /// The texts a transformer in this process offers
+    /// ([`document::TextShare`]); `None` when it runs elsewhere.
+    pub text_share: Option<Arc<TextShare>>,
 }
 
 impl Default for FanoutConfig {
@@ -64,6 +67,7 @@ impl Default for FanoutConfig {
             window: WindowPolicy::default(),
             subscriber_queue: protocol::Limits::default().subscriber_queue,
             max_idle_docs: 256,
+            text_share: None,
         }
     }
 }

@@ -11,6 +11,9 @@ pub struct Metrics {
     pub(crate) lag: Histogram,
     /// Frames waiting in a subscriber's queue, seen at each delivery.
     pub(crate) queue_depth: Histogram,
+    /// Texts taken from the transformer in this process instead of edited
+    /// or repacked here (`document::TextShare`).
+    pub(crate) texts_shared: IntCounter,
 }
 impl Metrics {
     pub fn new(registry: &Registry) -> Metrics {
@@ -46,6 +49,12 @@ impl Metrics {
             ]),
         )
         .unwrap();
+        let texts_shared = IntCounter::new(
+            "quire_fanout_texts_shared_total",
+            "Document texts taken from the transformer in this process instead of edited or repacked here",
+        )
+        .unwrap();
+        let _ = registry.register(Box::new(texts_shared.clone()));
         let _ = registry.register(Box::new(queue_depth.clone()));
         let _ = registry.register(Box::new(lag.clone()));
         let _ = registry.register(Box::new(subscribers.clone()));
@@ -59,6 +68,7 @@ impl Metrics {
             docs,
             lag,
             queue_depth,
+            texts_shared,
         }
     }
 }

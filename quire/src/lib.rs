@@ -27,6 +27,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use transformer::{CoreConfig, TransformerConfig};
 
+/// Documents whose texts may wait at once in the text share between the
+/// transformer and fanout (each offer is a rope clone, sharing its chunks).
+const TEXT_SHARE_DOCS: usize = 65_536;
+
 /// The roles a process runs. `quire serve` runs them all; `quire gateway`,
 /// `quire transformer` and `quire compactor` one each, sharing a broker
 /// and a store with the others.
@@ -396,6 +400,10 @@ pub async fn run(
     };
     registry.register(Box::new(sup.restarts.clone()))?;
     let mut tasks = JoinSet::new();
+    // The transformer and fanout in one process share each document's text
+    // (document::TextShare): one copy where there were two.
+    let text_share = (roles.transformer && roles.gateway)
+        .then(|| Arc::new(document::TextShare::new(TEXT_SHARE_DOCS)));
     if roles.transformer {
         let cfg = TransformerConfig {
             topics: topics.clone(),
@@ -407,6 +415,7 @@ pub async fn run(
             },
             max_docs: config.doc_cache,
             joined: Some(health.until_joined("transformer")),
+            text_share: text_share.clone(),
             ..TransformerConfig::default()
         };
         let (log, store, m) = (
@@ -448,6 +457,7 @@ pub async fn run(
                 window: config.window,
                 subscriber_queue: config.limits.subscriber_queue,
                 max_idle_docs: config.idle_doc_cache,
+                text_share: text_share.clone(),
             },
             log.clone(),
             store.clone(),

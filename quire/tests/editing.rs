@@ -88,6 +88,18 @@ async fn concurrent_editors_converge_and_equal_http() {
         assert_exactly_once(c);
     }
     assert!(!clients[0].text().is_empty());
+    // Fanout took the transformer's texts (document::TextShare) for some
+    // of these versions; this debug build checked each against its own.
+    let (_, metrics) = server.get("/metrics");
+    let shared = metric(metrics.as_str().unwrap(), "quire_fanout_texts_shared_total");
+    eprintln!("texts shared: {shared} of version {version}");
+    assert!(shared > 0.0, "no text was shared");
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

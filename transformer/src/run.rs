@@ -3,7 +3,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use document::{load, tidy, DocCache, LoadError, Sources, Topics, TIDY_EVERY};
+use document::{load, DocCache, LoadError, Sources, TextShare, Topics, TIDY_EVERY};
 use oplog::{LogError, Offset, OpLog, Partition};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use protocol::{decode_out_record, decode_raw_record, OutRecord};
@@ -23,6 +23,9 @@ pub struct TransformerConfig {
     pub max_docs: usize,
     /// Set once the consumer group first assigned this process partitions.
     pub joined: Option<Arc<AtomicBool>>,
+    /// Where this process's fanout takes the texts of the versions produced
+    /// ([`TextShare`]); `None` when no fanout runs beside it.
+    pub text_share: Option<Arc<TextShare>>,
 }
 
 impl Default for TransformerConfig {
@@ -33,6 +36,7 @@ impl Default for TransformerConfig {
             batch: 500,
             max_docs: 1024,
             joined: None,
+            text_share: None,
         }
     }
 }
@@ -230,7 +234,14 @@ impl PartitionWorker {
         let mut last_tidy = last_commit;
         loop {
             if last_tidy.elapsed() >= TIDY_EVERY {
-                tidy(self.docs.values_mut());
+                // A repacked text is offered to the fanout beside us, which
+                // then drops its own copy instead of repacking it too.
+                let share = self.config.text_share.clone();
+                document::tidy(self.docs.values_mut(), |d| {
+                    if let Some(s) = &share {
+                        s.offer(&d.doc, d.version, &d.text);
+                    }
+                });
                 last_tidy = tokio::time::Instant::now();
             }
             let batch = tokio::select! {
@@ -252,6 +263,7 @@ impl PartitionWorker {
             let mut touched = HashSet::new();
             let mut out = Vec::with_capacity(batch.len());
             let mut stamps = Vec::with_capacity(batch.len());
+            let mut texts = Vec::new();
             let next = batch.last().map_or(pos, |r| r.offset + 1);
             for rec in batch {
                 let raw = match decode_raw_record(&rec.value) {
@@ -287,6 +299,9 @@ impl PartitionWorker {
                     Outcome::Applied(a) => {
                         self.metrics.applied.inc();
                         stamps.push(raw.ts);
+                        if self.config.text_share.is_some() {
+                            texts.push((a.doc.clone(), a.seq, state.text.clone()));
+                        }
                         out.push((a.doc.clone(), OutRecord::Applied(a).encode()));
                     }
                     Outcome::Rejected(r) => {
@@ -304,6 +319,13 @@ impl PartitionWorker {
                     // Whether or not it landed, the restarted role decides
                     // from the applied topic itself (with fresh documents).
                     return Err(e.into());
+                }
+                // Only now, when these versions are in the log, may the
+                // fanout beside us take their texts.
+                if let Some(share) = &self.config.text_share {
+                    for (doc, seq, text) in texts.drain(..) {
+                        share.offer(&doc, seq, &text);
+                    }
                 }
                 let now = protocol::now_ms();
                 for ts in stamps {
