@@ -16,6 +16,6 @@ pub use cache::DocCache;
 pub use load::{
     load, records_after, LoadError, Sources, Topics, COMPACTOR_GROUP, TRANSFORMER_GROUP,
 };
-pub use share::TextShare;
+pub use share::{Offer, TextShare};
 pub use state::{tidy, Dedup, DocError, DocState, WindowPolicy, TIDY_EVERY};
 pub use window::{Moves, Names, OpShape, WindowEntry, WindowOp};

@@ -5,7 +5,7 @@ use protocol::{AppliedRecord, ClientEntry, ErrorCode, ProtoError, Snapshot};
 use ropey::Rope;
 
 use crate::window::{Names, WindowEntry, WindowOp};
-use crate::TextShare;
+use crate::{Offer, TextShare};
 
 /// How far back a document keeps applied ops to transform stale bases
 /// against (SPEC §9): at least `min_ops` ops and at least `min_age_ms` of
@@ -275,33 +275,38 @@ impl<W: WindowEntry> DocState<W> {
 
     /// [`apply_record`](Self::apply_record), taking the text at the
     /// record's version from `share` when the transformer in this process
-    /// offered it (see [`TextShare`]). Returns whether it did.
+    /// offered it for this very record (same seq, same chain hash, and the
+    /// length the record gives; see [`TextShare`]). Returns whether it did.
     pub fn apply_record_shared(
         &mut self,
         r: &AppliedRecord,
         share: Option<&TextShare>,
     ) -> Result<bool, DocError> {
-        let offered = match share {
+        let offer = match share {
             Some(s) if r.prev == self.version => s.take(&self.doc, r.seq),
             _ => None,
         };
-        let expected = self.text.len_chars() as i64 + delta(r);
-        match offered {
-            Some(text) if text.len_chars() as i64 == expected => {
+        let fits = |o: &Offer| {
+            let hash = r.hash.as_deref().and_then(chain::from_hex);
+            hash == Some(o.chain)
+                && o.text.len_chars() as i64 == self.text.len_chars() as i64 + delta(r)
+        };
+        match offer {
+            Some(o) if fits(&o) => {
                 if cfg!(debug_assertions) {
                     let mut own = self.text.clone();
                     ot::apply_rope(&mut own, &r.op).expect("the offered text's record applies");
                     assert!(
-                        own == text,
+                        own == o.text,
                         "{}: offered text at {} differs",
                         self.doc,
                         r.seq
                     );
                 }
-                self.text = text;
+                self.text = o.text;
+                // Still packed here when idle if the transformer's packed
+                // text does not come first (it may evict the document).
                 self.push_applied(r);
-                // Packing is the transformer's: its text is this text.
-                self.grown = false;
                 Ok(true)
             }
             _ => self.apply_record(r).map(|()| false),
@@ -309,16 +314,26 @@ impl<W: WindowEntry> DocState<W> {
     }
 
     /// Takes the text the transformer offered at the current version after
-    /// repacking it ([`TextShare`]); it is not repacked here again.
+    /// repacking it ([`TextShare`]), if its chain hash is this state's; it
+    /// is not repacked here again.
     pub fn adopt_shared(&mut self, share: &TextShare) -> bool {
         match share.take(&self.doc, self.version) {
-            Some(text) if text.len_chars() == self.text.len_chars() => {
-                debug_assert!(text == self.text, "{}: offered text differs", self.doc);
-                self.text = text;
+            Some(o) if o.chain == self.chain && o.text.len_chars() == self.text.len_chars() => {
+                debug_assert!(o.text == self.text, "{}: offered text differs", self.doc);
+                self.text = o.text;
                 self.grown = false;
                 true
             }
             _ => false,
+        }
+    }
+
+    /// What [`TextShare`] offers of this state.
+    pub fn offer(&self) -> Offer {
+        Offer {
+            version: self.version,
+            chain: self.chain,
+            text: self.text.clone(),
         }
     }
 
@@ -492,32 +507,65 @@ mod tests {
         }
     }
 
-    /// Fanout takes an offered text only at the version it applies and at
-    /// the length the record gives; otherwise it edits its own.
+    /// A record with a hash, and an offer from the state that made it.
+    fn hashed(seq: u64, prev: u64, op: Op, del: &[&str]) -> AppliedRecord {
+        AppliedRecord {
+            hash: Some(chain::to_hex(&[seq as u8; 32])),
+            ..rec(seq, prev, op, del, 0)
+        }
+    }
+
+    fn offer(version: u64, text: &str) -> Offer {
+        Offer {
+            version,
+            chain: [version as u8; 32],
+            text: Rope::from_str(text),
+        }
+    }
+
+    /// Fanout takes an offered text only for the record it applies (its
+    /// seq and chain hash) and at the length the record gives; otherwise it
+    /// edits its own.
     #[test]
     fn a_shared_text_is_taken_only_when_it_fits() {
-        let share = TextShare::new(8);
+        let share = TextShare::new(8, 1 << 20);
         let mut s = DocState::<WindowOp>::empty("d");
-        let r1 = rec(1, 0, Op::splice(0, 0, "hello"), &[], 0);
-        share.offer("d", 1, &Rope::from_str("hello"));
+        share.offer("d", offer(1, "hello"));
+        let r1 = hashed(1, 0, Op::splice(0, 0, "hello"), &[]);
         assert!(s.apply_record_shared(&r1, Some(&share)).unwrap());
         // The wrong length: not taken, the record applied instead.
-        let r2 = rec(2, 1, Op::splice(5, 0, "!"), &[], 0);
-        share.offer("d", 2, &Rope::from_str("hello!!"));
+        share.offer("d", offer(2, "hello!!"));
+        let r2 = hashed(2, 1, Op::splice(5, 0, "!"), &[]);
         assert!(!s.apply_record_shared(&r2, Some(&share)).unwrap());
         assert_eq!(s.text.to_string(), "hello!");
-        // An offer for another version stays for it.
-        share.offer("d", 4, &Rope::from_str("x"));
-        let r3 = rec(3, 2, Op::splice(0, 1, "J"), &["h"], 0);
+        // Another record with this seq (another chain hash): not taken.
+        share.offer(
+            "d",
+            Offer {
+                chain: [9; 32],
+                ..offer(3, "Jello!")
+            },
+        );
+        let r3 = hashed(3, 2, Op::splice(0, 1, "J"), &["h"]);
         assert!(!s.apply_record_shared(&r3, Some(&share)).unwrap());
-        assert_eq!((s.text.to_string(), share.len()), ("Jello!".into(), 1));
-        // A repacked text at the current version is adopted.
-        let mut packed = Rope::from_str("Jello!");
-        packed.shrink_to_fit();
-        share.offer("d", 3, &packed);
+        // An offer for another version stays for it.
+        share.offer("d", offer(5, "x"));
+        let r4 = hashed(4, 3, Op::splice(6, 0, "?"), &[]);
+        assert!(!s.apply_record_shared(&r4, Some(&share)).unwrap());
+        assert_eq!((s.text.to_string(), share.len()), ("Jello!?".into(), 1));
+        // A repacked text at the current version is adopted, once.
+        share.offer("d", offer(4, "Jello!?"));
         assert!(s.adopt_shared(&share));
         assert!(!s.adopt_shared(&share), "taken once");
-        assert_eq!(s.window.len(), 3);
+        share.offer(
+            "d",
+            Offer {
+                chain: [1; 32],
+                ..offer(4, "Jello!?")
+            },
+        );
+        assert!(!s.adopt_shared(&share), "another chain");
+        assert_eq!(s.window.len(), 4);
     }
 
     /// Debug builds (every test run) check that an offered text is the one
@@ -526,10 +574,11 @@ mod tests {
     #[cfg(debug_assertions)]
     #[should_panic(expected = "offered text at 1 differs")]
     fn a_wrong_shared_text_of_the_right_length_is_caught_in_debug_builds() {
-        let share = TextShare::new(8);
+        let share = TextShare::new(8, 1 << 20);
         let mut s = DocState::<WindowOp>::empty("d");
-        share.offer("d", 1, &Rope::from_str("jello"));
-        let _ = s.apply_record_shared(&rec(1, 0, Op::splice(0, 0, "hello"), &[], 0), Some(&share));
+        share.offer("d", offer(1, "jello"));
+        let r = hashed(1, 0, Op::splice(0, 0, "hello"), &[]);
+        let _ = s.apply_record_shared(&r, Some(&share));
     }
 
     #[test]

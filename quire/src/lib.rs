@@ -28,8 +28,10 @@ use tokio_util::sync::CancellationToken;
 use transformer::{CoreConfig, TransformerConfig};
 
 /// Documents whose texts may wait at once in the text share between the
-/// transformer and fanout (each offer is a rope clone, sharing its chunks).
-const TEXT_SHARE_DOCS: usize = 65_536;
+/// transformer and fanout, and their bytes (each offer is a rope clone,
+/// sharing its chunks with the transformer's text while it keeps it).
+const TEXT_SHARE_DOCS: usize = 16_384;
+const TEXT_SHARE_BYTES: usize = 64 << 20;
 
 /// The roles a process runs. `quire serve` runs them all; `quire gateway`,
 /// `quire transformer` and `quire compactor` one each, sharing a broker
@@ -403,7 +405,7 @@ pub async fn run(
     // The transformer and fanout in one process share each document's text
     // (document::TextShare): one copy where there were two.
     let text_share = (roles.transformer && roles.gateway)
-        .then(|| Arc::new(document::TextShare::new(TEXT_SHARE_DOCS)));
+        .then(|| Arc::new(document::TextShare::new(TEXT_SHARE_DOCS, TEXT_SHARE_BYTES)));
     if roles.transformer {
         let cfg = TransformerConfig {
             topics: topics.clone(),

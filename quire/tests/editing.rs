@@ -89,11 +89,18 @@ async fn concurrent_editors_converge_and_equal_http() {
     }
     assert!(!clients[0].text().is_empty());
     // Fanout took the transformer's texts (document::TextShare) for some
-    // of these versions; this debug build checked each against its own.
+    // of these versions; this debug build checked each against its own,
+    // and a failed check would have restarted a role.
     let (_, metrics) = server.get("/metrics");
-    let shared = metric(metrics.as_str().unwrap(), "quire_fanout_texts_shared_total");
+    let metrics = metrics.as_str().unwrap();
+    let shared = metric(metrics, "quire_fanout_texts_shared_total");
     eprintln!("texts shared: {shared} of version {version}");
     assert!(shared > 0.0, "no text was shared");
+    let restarts: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("quire_role_restarts_total") && !l.ends_with(" 0"))
+        .collect();
+    assert!(restarts.is_empty(), "{restarts:?}");
 }
 
 fn metric(text: &str, name: &str) -> f64 {

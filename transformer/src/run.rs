@@ -239,7 +239,7 @@ impl PartitionWorker {
                 let share = self.config.text_share.clone();
                 document::tidy(self.docs.values_mut(), |d| {
                     if let Some(s) = &share {
-                        s.offer(&d.doc, d.version, &d.text);
+                        s.offer(&d.doc, d.offer());
                     }
                 });
                 last_tidy = tokio::time::Instant::now();
@@ -300,7 +300,7 @@ impl PartitionWorker {
                         self.metrics.applied.inc();
                         stamps.push(raw.ts);
                         if self.config.text_share.is_some() {
-                            texts.push((a.doc.clone(), a.seq, state.text.clone()));
+                            texts.push((a.doc.clone(), state.offer()));
                         }
                         out.push((a.doc.clone(), OutRecord::Applied(a).encode()));
                     }
@@ -323,8 +323,8 @@ impl PartitionWorker {
                 // Only now, when these versions are in the log, may the
                 // fanout beside us take their texts.
                 if let Some(share) = &self.config.text_share {
-                    for (doc, seq, text) in texts.drain(..) {
-                        share.offer(&doc, seq, &text);
+                    for (doc, offer) in texts.drain(..) {
+                        share.offer(&doc, offer);
                     }
                 }
                 let now = protocol::now_ms();
