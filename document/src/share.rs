@@ -159,17 +159,22 @@ impl TextShare {
     }
 }
 
+/// An offer of `text` at `version` whose chain hash is `[version; 32]` (the
+/// hash the tests' records at `version` carry).
+#[cfg(test)]
+pub(crate) fn test_offer(version: u64, text: &str) -> Offer {
+    Offer {
+        version,
+        chain: [version as u8; 32],
+        text: Rope::from_str(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn at(version: u64, text: &str) -> Offer {
-        Offer {
-            version,
-            chain: [version as u8; 32],
-            text: Rope::from_str(text),
-        }
-    }
+    use super::test_offer as at;
 
     #[test]
     fn an_offer_is_taken_once_at_its_version() {

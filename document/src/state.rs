@@ -488,6 +488,7 @@ fn delta(r: &AppliedRecord) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::share::test_offer as offer;
     use ot::Op;
 
     fn rec(seq: u64, prev: u64, op: Op, del: &[&str], ts: i64) -> AppliedRecord {
@@ -507,19 +508,11 @@ mod tests {
         }
     }
 
-    /// A record with a hash, and an offer from the state that made it.
+    /// A record with a hash (the one `test_offer` gives at its seq).
     fn hashed(seq: u64, prev: u64, op: Op, del: &[&str]) -> AppliedRecord {
         AppliedRecord {
             hash: Some(chain::to_hex(&[seq as u8; 32])),
             ..rec(seq, prev, op, del, 0)
-        }
-    }
-
-    fn offer(version: u64, text: &str) -> Offer {
-        Offer {
-            version,
-            chain: [version as u8; 32],
-            text: Rope::from_str(text),
         }
     }
 
