@@ -263,7 +263,9 @@ impl PartitionWorker {
             let mut touched = HashSet::new();
             let mut out = Vec::with_capacity(batch.len());
             let mut stamps = Vec::with_capacity(batch.len());
-            let mut texts = Vec::new();
+            // Documents with an op applied in this batch, each once: their
+            // texts are offered to the fanout beside us.
+            let mut shared = HashSet::new();
             let next = batch.last().map_or(pos, |r| r.offset + 1);
             for rec in batch {
                 let raw = match decode_raw_record(&rec.value) {
@@ -300,7 +302,7 @@ impl PartitionWorker {
                         self.metrics.applied.inc();
                         stamps.push(raw.ts);
                         if self.config.text_share.is_some() {
-                            texts.push((a.doc.clone(), state.offer()));
+                            shared.insert(a.doc.clone());
                         }
                         out.push((a.doc.clone(), OutRecord::Applied(a).encode()));
                     }
@@ -314,18 +316,24 @@ impl PartitionWorker {
                     Outcome::Duplicate { .. } => self.metrics.duplicates.inc(),
                 }
             }
+            // Offered before the produce, so each text is there when fanout
+            // reads its record (offered after it, fanout was often first).
+            // Only the version this batch ends at: an offer replaces the
+            // one before. Fanout takes an offer only with the record whose
+            // chain hash it carries, so an offer whose record never lands
+            // (a failed produce) is never taken, and ages out.
+            if let Some(share) = &self.config.text_share {
+                for doc in shared.drain() {
+                    if let Some(state) = self.docs.peek_mut(&doc) {
+                        share.offer(&doc, state.offer());
+                    }
+                }
+            }
             if !out.is_empty() {
                 if let Err(e) = self.log.produce(&topics.applied, out).await {
                     // Whether or not it landed, the restarted role decides
                     // from the applied topic itself (with fresh documents).
                     return Err(e.into());
-                }
-                // Only now, when these versions are in the log, may the
-                // fanout beside us take their texts.
-                if let Some(share) = &self.config.text_share {
-                    for (doc, offer) in texts.drain(..) {
-                        share.offer(&doc, offer);
-                    }
                 }
                 let now = protocol::now_ms();
                 for ts in stamps {
