@@ -4,12 +4,14 @@
 //! both texts are the same at a given version: that is two copies. Ropes
 //! are persistent (a clone shares every chunk, an edit copies only the
 //! chunks it touches), so when the roles run in one process the
-//! transformer offers its text at the version each batch of ops ends at,
-//! just before it produces their records (so the text is there when
-//! fanout reads them), and fanout, applying that version, takes the offer
-//! instead of editing its own copy: the two roles then share the chunks
-//! that later edits did not touch. An offer whose record never lands (a
-//! failed produce) is never taken, and ages out. The transformer also offers the text it
+//! transformer offers its text at the version each document reaches in a
+//! batch of ops, just before it produces their records (so the text is
+//! there when fanout reads them), and fanout, applying that version, takes
+//! the offer instead of editing its own copy: the two roles then share the
+//! chunks that later edits did not touch. An offer whose record never
+//! lands (a failed produce) is taken only if a restarted transformer
+//! writes that very record again (same chain hash, so the same text);
+//! otherwise it is dropped by the age check of a later offer. The transformer also offers the text it
 //! repacked when idle (`DocState::tidy`), which fanout takes on its own
 //! next tidy pass instead of repacking its copy.
 //!

@@ -10,11 +10,12 @@ use protocol::Limits;
 use quire::ServeConfig;
 use tokio_util::sync::CancellationToken;
 
-/// jemalloc rather than glibc's malloc: in the same runs it took 7–20% less
+/// jemalloc rather than glibc's malloc: in the same runs it took 6–20% less
 /// CPU per keystroke at 2,000 and 8,000 keys/s (no difference measurable at
-/// 600), with lower ack p50s there and about the same resident memory
-/// (benches/README.md, issue 9's seventh round). Its options are built in
-/// (`.cargo/config.toml`).
+/// 600), with lower ack p50s there, for 5–10% more resident memory with
+/// 10 kB documents and 4% less when typing (benches/README.md, issue 9's
+/// seventh round). Its options are built in (`.cargo/config.toml`, so only
+/// when cargo runs inside the repository; `cargo install` ignores it).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

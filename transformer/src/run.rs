@@ -318,10 +318,11 @@ impl PartitionWorker {
             }
             // Offered before the produce, so each text is there when fanout
             // reads its record (offered after it, fanout was often first).
-            // Only the version this batch ends at: an offer replaces the
-            // one before. Fanout takes an offer only with the record whose
-            // chain hash it carries, so an offer whose record never lands
-            // (a failed produce) is never taken, and ages out.
+            // Only the version each document reaches in the batch: an
+            // offer replaces the one before. Fanout takes an offer only
+            // with the record whose chain hash it carries, so an offer
+            // whose record never lands (a failed produce) is taken only if
+            // the restarted role writes that very record again.
             if let Some(share) = &self.config.text_share {
                 for doc in shared.drain() {
                     if let Some(state) = self.docs.peek_mut(&doc) {
