@@ -186,7 +186,10 @@ impl Conn {
                     }
                     None | Some(Err(_)) => break,
                     Some(Ok(Message::Text(t))) => {
-                        if let Flow::Close = self.handle(&who, t.as_str()).await { break }
+                        // Boxed: handling a message needs far more state
+                        // than waiting does, and a future is as large as
+                        // its largest state, for every idle connection.
+                        if let Flow::Close = Box::pin(self.handle(&who, t.as_str())).await { break }
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let e = ProtoError::new(ErrorCode::BadMessage, "binary frames are not part of the protocol; send JSON text");

@@ -419,7 +419,22 @@ impl OpLog for KafkaLog {
         let mut out = Vec::with_capacity(pending.len());
         for d in pending {
             match d.await {
-                Ok(Ok(d)) => out.push((d.partition as Partition, d.offset as Offset)),
+                Ok(Ok(d)) if d.offset >= 0 => {
+                    out.push((d.partition as Partition, d.offset as Offset))
+                }
+                Ok(Ok(d)) => {
+                    // Delivered, at an offset the broker did not give: an
+                    // idempotent retry of a batch it already had (after a
+                    // broker restart) is answered so. Its offset must not
+                    // pass for one (it was cast to u64::MAX, and `quire
+                    // import` took the next base from it): an error, which
+                    // callers answer by retrying with the same op id.
+                    self.inner.metrics.delivery_errors.inc();
+                    return Err(LogError::Storage(format!(
+                        "kafka: a record of {topic} was delivered to partition {} but the broker gave no offset; retry it (the op id makes the retry harmless)",
+                        d.partition
+                    )));
+                }
                 Ok(Err((e, _))) => {
                     self.inner.metrics.delivery_errors.inc();
                     return Err(storage(e));
