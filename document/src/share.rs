@@ -11,9 +11,10 @@
 //! chunks that later edits did not touch. An offer whose record never
 //! lands (a failed produce) is taken only if a restarted transformer
 //! writes that very record again (same chain hash, so the same text);
-//! otherwise it is dropped by the age check of a later offer. The transformer also offers the text it
-//! repacked when idle (`DocState::tidy`), which fanout takes on its own
-//! next tidy pass instead of repacking its copy.
+//! otherwise it is dropped by the age check of a later offer. The
+//! transformer also offers the text it repacked when idle
+//! (`DocState::tidy`), which fanout takes on its own next tidy pass
+//! instead of repacking its copy.
 //!
 //! Offers are only an optimisation: fanout takes one only for the exact
 //! version it is applying, only if the offer's chain hash is the record's

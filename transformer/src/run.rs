@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,13 +259,12 @@ impl PartitionWorker {
                 continue;
             }
             // Documents this batch touched have outputs not yet in the log:
-            // they must stay cached until the batch is produced.
-            let mut touched = HashSet::new();
+            // they must stay cached until the batch is produced. The flag:
+            // an op of it was applied (its text is offered to the fanout
+            // beside us).
+            let mut touched: HashMap<String, bool> = HashMap::new();
             let mut out = Vec::with_capacity(batch.len());
             let mut stamps = Vec::with_capacity(batch.len());
-            // Documents with an op applied in this batch, each once: their
-            // texts are offered to the fanout beside us.
-            let mut shared = HashSet::new();
             let next = batch.last().map_or(pos, |r| r.offset + 1);
             for rec in batch {
                 let raw = match decode_raw_record(&rec.value) {
@@ -284,9 +283,9 @@ impl PartitionWorker {
                 if !self.docs.contains(&raw.doc) {
                     let state = load(self.sources(), &raw.doc, None, None).await?;
                     self.docs
-                        .insert(raw.doc.clone(), state, |doc, _| touched.contains(doc));
+                        .insert(raw.doc.clone(), state, |doc, _| touched.contains_key(doc));
                 }
-                touched.insert(raw.doc.clone());
+                touched.entry(raw.doc.clone()).or_insert(false);
                 let state = self.docs.get_mut(&raw.doc).expect("loaded above");
                 if rec.offset < state.version {
                     // (its seq, offset + 1, is not above the version)
@@ -301,8 +300,8 @@ impl PartitionWorker {
                     Outcome::Applied(a) => {
                         self.metrics.applied.inc();
                         stamps.push(raw.ts);
-                        if self.config.text_share.is_some() {
-                            shared.insert(a.doc.clone());
+                        if let Some(applied) = touched.get_mut(&a.doc) {
+                            *applied = true;
                         }
                         out.push((a.doc.clone(), OutRecord::Applied(a).encode()));
                     }
@@ -324,9 +323,9 @@ impl PartitionWorker {
             // whose record never lands (a failed produce) is taken only if
             // the restarted role writes that very record again.
             if let Some(share) = &self.config.text_share {
-                for doc in shared.drain() {
-                    if let Some(state) = self.docs.peek_mut(&doc) {
-                        share.offer(&doc, state.offer());
+                for (doc, _) in touched.iter().filter(|(_, applied)| **applied) {
+                    if let Some(state) = self.docs.peek_mut(doc) {
+                        share.offer(doc, state.offer());
                     }
                 }
             }
