@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use ot::{Component, Move, Op};
 use protocol::chain::{self, ChainHash};
+use protocol::packed::{put_str, put_varint};
 use protocol::AppliedRecord;
 
 /// The names a document's window refers to (clients and, for [`WindowOp`]s,
@@ -140,19 +141,6 @@ impl Iterator for Moves<'_> {
             _ => unreachable!("packed by this module"),
         })
     }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
 }
 
 /// Bytes kept inline in a [`Packed`]: a keystroke's body (about 10 bytes

@@ -8,6 +8,7 @@ mod error;
 mod ids;
 mod limits;
 mod msg;
+pub mod packed;
 mod record;
 
 pub use error::{ErrorCode, ProtoError};

@@ -17,6 +17,7 @@ pub use scylla::ScyllaStore;
 use std::path::Path;
 use std::sync::Arc;
 
+use protocol::packed::{pack_applied, unpack_applied, PACKED_V1};
 use protocol::{decode_out_record, AppliedRecord, OutRecord, Snapshot};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -26,7 +27,8 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 /// with freshly written history (benches/README.md: memory).
 const CACHE_BYTES: usize = 8 << 20;
 
-/// `(doc, seq) -> applied record (JSON, as on the topic)`
+/// `(doc, seq) -> applied record`, packed (`protocol::packed`); rows
+/// written before that are JSON, as on the topic, and still read.
 const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
 /// `(doc, client, cseq) -> seq`: finds an archived op by its id.
 const OP_IDS: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("op_ids");
@@ -167,6 +169,13 @@ impl EmbeddedStore {
     }
 
     pub(crate) fn decode(doc: &str, seq: u64, bytes: &[u8]) -> Result<AppliedRecord> {
+        if bytes.first() == Some(&PACKED_V1) {
+            return unpack_applied(doc, seq, bytes).map_err(|e| StoreError::Corrupt {
+                doc: doc.into(),
+                seq,
+                reason: e.to_string(),
+            });
+        }
         match decode_out_record(bytes) {
             Ok(OutRecord::Applied(a)) => Ok(a),
             Ok(OutRecord::Rejected(_)) => Err(StoreError::Corrupt {
@@ -191,7 +200,15 @@ impl Store for EmbeddedStore {
         }
         let rows: Vec<(String, u64, String, u64, Vec<u8>)> = records
             .iter()
-            .map(|r| (r.doc.clone(), r.seq, r.client.clone(), r.cseq, r.encode()))
+            .map(|r| {
+                (
+                    r.doc.clone(),
+                    r.seq,
+                    r.client.clone(),
+                    r.cseq,
+                    pack_applied(r),
+                )
+            })
             .collect();
         self.write(move |w| {
             let mut t = w.open_table(HISTORY).map_err(storage)?;
@@ -384,6 +401,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
         conformance::check(&s).await;
+    }
+
+    /// History is written packed; rows an older version wrote as JSON (as
+    /// on the topic) still read, beside packed ones; a damaged row is an
+    /// error naming it.
+    #[tokio::test]
+    async fn packed_and_json_rows_both_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let old = conformance::record("d", 1, "c", 1);
+        let new = conformance::record("d", 2, "c", 2);
+        let bad = conformance::record("d", 3, "c", 3);
+        s.put_history(&[new.clone(), bad.clone()]).await.unwrap();
+        {
+            let w = s.db.begin_write().unwrap();
+            {
+                let mut t = w.open_table(HISTORY).unwrap();
+                let row = t.get(("d", 2)).unwrap().unwrap().value().to_vec();
+                assert_eq!(row[0], PACKED_V1);
+                assert!(row.len() < new.encode().len());
+                t.insert(("d", 1), old.encode().as_slice()).unwrap();
+                let mut damaged = t.get(("d", 3)).unwrap().unwrap().value().to_vec();
+                damaged.truncate(damaged.len() - 1);
+                t.insert(("d", 3), damaged.as_slice()).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        assert_eq!(s.history("d", 0, 2).await.unwrap(), vec![old, new]);
+        match s.history("d", 2, 10).await {
+            Err(StoreError::Corrupt { doc, seq, .. }) => assert_eq!((doc.as_str(), seq), ("d", 3)),
+            other => panic!("a damaged row read as {other:?}"),
+        }
     }
 
     #[tokio::test]
