@@ -95,7 +95,7 @@ fn bench_transform_window(c: &mut Criterion) {
             b.iter(|| {
                 let mut n = 0usize;
                 for (op, w) in t.ops[1..].iter().zip(&whole) {
-                    n += transform(black_box(op), &w.op(), Side::Right)
+                    n += transform(black_box(op), &w.op().expect("with its text"), Side::Right)
                         .components()
                         .len();
                 }

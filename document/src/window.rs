@@ -63,6 +63,9 @@ impl Names {
 const NO_HASH: u8 = 0;
 const HASH_BYTES: u8 = 1;
 const HASH_TEXT: u8 = 2;
+/// Set in `hash_kind` once the body holds only the op's shape
+/// ([`WindowOp::drop_text`]).
+const TEXT_DROPPED: u8 = 0x80;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowOp {
@@ -288,9 +291,34 @@ impl WindowOp {
         }
     }
 
-    /// The op (built anew on each call).
-    pub fn op(&self) -> Op {
-        self.op_and_rest().0
+    /// The op (built anew on each call); `None` once its text is dropped.
+    pub fn op(&self) -> Option<Op> {
+        self.has_text().then(|| self.op_and_rest().0)
+    }
+
+    /// Whether it still holds its record ([`WindowOp::record`]).
+    pub fn has_text(&self) -> bool {
+        self.hash_kind & TEXT_DROPPED == 0
+    }
+
+    /// Bytes its body takes on the heap (0 when kept inline).
+    pub fn heap_bytes(&self) -> usize {
+        match &self.body {
+            Packed::Inline(..) => 0,
+            Packed::Heap(b) => b.len(),
+        }
+    }
+
+    /// Keeps only the op's shape (its moves, as an [`OpShape`] does), not
+    /// the text it inserted and deleted nor a non-canonical hash; the
+    /// duplicate check and transforming still work, [`WindowOp::record`]
+    /// gives `None`. Fanout does this once the archive holds the record
+    /// (and reads the record back from there).
+    pub fn drop_text(&mut self) {
+        if self.has_text() {
+            self.body = shape(self.moves().collect::<Vec<_>>().into_iter());
+            self.hash_kind |= TEXT_DROPPED;
+        }
     }
 
     fn op_and_rest(&self) -> (Op, Reader<'_>) {
@@ -311,8 +339,12 @@ impl WindowOp {
         (op, r)
     }
 
-    /// The record this was made from, with the document's id.
-    pub fn record(&self, doc: &str) -> AppliedRecord {
+    /// The record this was made from, with the document's id; `None` once
+    /// its text is dropped ([`WindowOp::drop_text`]).
+    pub fn record(&self, doc: &str) -> Option<AppliedRecord> {
+        if !self.has_text() {
+            return None;
+        }
         let (op, mut rest) = self.op_and_rest();
         let n = rest.varint() as usize;
         let del = (0..n).map(|_| rest.str().to_owned()).collect();
@@ -321,7 +353,7 @@ impl WindowOp {
             HASH_BYTES => Some(chain::to_hex(&self.hash)),
             _ => Some(rest.str().to_owned()),
         };
-        AppliedRecord {
+        Some(AppliedRecord {
             v: self.v,
             doc: doc.to_owned(),
             seq: self.seq,
@@ -334,7 +366,7 @@ impl WindowOp {
             op,
             del,
             hash,
-        }
+        })
     }
 }
 
@@ -375,25 +407,30 @@ pub struct OpShape {
     body: Packed,
 }
 
+/// `[move count, moves…]`, inserts as [`INSERT_LEN`]: an op's shape.
+fn shape(moves: impl ExactSizeIterator<Item = Move>) -> Packed {
+    let mut body = Vec::with_capacity(1 + 4 * moves.len());
+    put_varint(&mut body, moves.len() as u64);
+    for m in moves {
+        let (tag, n) = match m {
+            Move::Retain(n) => (RETAIN, n),
+            Move::Insert(n) => (INSERT_LEN, n),
+            Move::Delete(n) => (DELETE, n),
+        };
+        body.push(tag);
+        put_varint(&mut body, n as u64);
+    }
+    Packed::new(body)
+}
+
 impl WindowEntry for OpShape {
     fn new(r: &AppliedRecord, names: &mut Names) -> Self {
-        let mut body = Vec::with_capacity(1 + 4 * r.op.components().len());
-        put_varint(&mut body, r.op.components().len() as u64);
-        for c in r.op.components() {
-            let (tag, n) = match Move::of(c) {
-                Move::Retain(n) => (RETAIN, n),
-                Move::Insert(n) => (INSERT_LEN, n),
-                Move::Delete(n) => (DELETE, n),
-            };
-            body.push(tag);
-            put_varint(&mut body, n as u64);
-        }
         OpShape {
             seq: r.seq,
             ts: r.ts,
             cseq: r.cseq,
             client: names.get(&r.client),
-            body: Packed::new(body),
+            body: shape(r.op.components().iter().map(Move::of)),
         }
     }
 
@@ -459,8 +496,8 @@ mod tests {
         let mut names = Names::default();
         for r in cases {
             let w = WindowOp::new(&r, &mut names);
-            assert_eq!(w.record("d"), r);
-            assert_eq!(w.op(), r.op);
+            assert_eq!(w.record("d"), Some(r.clone()));
+            assert_eq!(w.op(), Some(r.op));
         }
         // One copy of each name, dropped once no op refers to it.
         assert_eq!(names.len(), 2);
@@ -495,6 +532,15 @@ mod tests {
             let want: Vec<Move> = op.components().iter().map(Move::of).collect();
             assert_eq!(full.moves().collect::<Vec<_>>(), want);
             assert_eq!(shape.moves().collect::<Vec<_>>(), want);
+            // Without its text a window op keeps its moves and its shape's
+            // body, and gives no record.
+            let mut bare = full.clone();
+            bare.drop_text();
+            assert_eq!(bare.moves().collect::<Vec<_>>(), want);
+            assert_eq!(bare.body, shape.body);
+            assert!(!bare.has_text() && bare.record("d").is_none() && bare.op().is_none());
+            assert!(bare.is_op_of(&r.client, r.cseq));
+            assert_eq!((bare.seq, bare.ts), (r.seq, r.ts));
             assert_eq!((shape.seq, shape.ts), (r.seq, r.ts));
             assert!(shape.is_op_of(&r.client, r.cseq) && !shape.is_op_of(&r.client, r.cseq + 1));
             assert!(!shape.is_op_of("other", r.cseq));
@@ -532,7 +578,7 @@ mod tests {
             };
             let w = WindowOp::new(&r, &mut names);
             assert!(matches!(w.body, Packed::Inline(..)), "{:?}", w.body);
-            assert_eq!(w.record("d"), r);
+            assert_eq!(w.record("d"), Some(r.clone()));
             let s = OpShape::new(&r, &mut names);
             assert!(matches!(s.body, Packed::Inline(..)), "{:?}", s.body);
         }

@@ -7,6 +7,7 @@ use oplog::{LogError, Partition};
 use protocol::{decode_out_record, OutRecord};
 use tokio_util::sync::CancellationToken;
 
+use crate::archived::DROP_EVERY;
 use crate::hub::kick_all;
 use crate::{Fanout, FanoutError};
 
@@ -28,10 +29,18 @@ impl Fanout {
         let share = self.inner.config.text_share.as_deref();
         let lock = &self.inner.parts[p as usize];
         let mut last_tidy = tokio::time::Instant::now();
+        let mut last_drop = tokio::time::Instant::now();
         loop {
             // Only partitions with documents in memory are followed.
             if !self.while_idle(p, shutdown).await {
                 return Ok(());
+            }
+            if last_drop.elapsed() >= DROP_EVERY {
+                // Texts stay a while longer if the archive cannot be asked.
+                if let Err(e) = self.drop_archived_texts(p).await {
+                    tracing::warn!(partition = p, error = %e, "fanout: the archive's progress unknown");
+                }
+                last_drop = tokio::time::Instant::now();
             }
             if last_tidy.elapsed() >= TIDY_EVERY {
                 let mut part = lock.lock().await;
@@ -87,7 +96,11 @@ impl Fanout {
                 };
                 match part.docs.peek_mut(&rec.key) {
                     Some(hub) => match decode() {
-                        Some(OutRecord::Applied(a)) => hub.deliver(a, window, share, metrics),
+                        Some(OutRecord::Applied(a)) => {
+                            let seq = a.seq;
+                            hub.deliver(a, window, share, metrics);
+                            part.applied(rec.offset, &rec.key, seq);
+                        }
                         Some(OutRecord::Rejected(r)) => hub.reject(r),
                         None => {}
                     },

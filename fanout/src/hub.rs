@@ -1,7 +1,7 @@
 //! A partition's documents in memory, and how a document gets there without
 //! holding the partition's lock across I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use document::{load, DocCache, DocState, TextShare, WindowPolicy};
@@ -9,6 +9,7 @@ use oplog::Offset;
 use protocol::{AppliedRecord, ErrorCode, OutRecord, ProtoError, RejectedRecord, ServerMsg};
 use tokio::sync::{mpsc, oneshot, watch, MutexGuard};
 
+use crate::archived::Pending;
 use crate::{Fanout, FanoutError, Metrics};
 
 /// A frame ready to send, shared by every subscriber it goes to.
@@ -38,6 +39,9 @@ pub(crate) struct Hub {
     decided: u64,
     pub(crate) subs: Vec<Sub>,
     pub(crate) waiters: HashMap<WaitKey, Vec<oneshot::Sender<OutRecord>>>,
+    /// The window's ops up to this seq have had their large texts dropped
+    /// (`archived.rs`).
+    pub(crate) bare_upto: u64,
 }
 
 impl Hub {
@@ -48,6 +52,7 @@ impl Hub {
             state,
             subs: Vec::new(),
             waiters: HashMap::new(),
+            bare_upto: 0,
         }
     }
 
@@ -171,6 +176,8 @@ pub(crate) struct Part {
     /// Bumped when the consumer resets (it fell behind truncation): loads
     /// begun before are void.
     pub(crate) epoch: u64,
+    /// Ops whose texts go once the archive has them (`archived.rs`).
+    pub(crate) pending: VecDeque<Pending>,
 }
 
 impl Part {
@@ -188,6 +195,7 @@ impl Part {
             docs: DocCache::new(max_idle_docs),
             loading: HashMap::new(),
             epoch: 0,
+            pending: VecDeque::new(),
         }
     }
 
@@ -217,6 +225,7 @@ impl Part {
         }
         self.pos = pos;
         self.epoch += 1;
+        self.pending.clear();
     }
 }
 
@@ -290,10 +299,13 @@ impl Fanout {
         if part.epoch != epoch || slot.overflowed || part.docs.contains(doc) {
             return Ok(());
         }
-        for (_, a) in slot.records.iter().filter(|(offset, _)| *offset >= from) {
+        // The newest offset the state holds a record of.
+        let mut last = from.checked_sub(1);
+        for (offset, a) in slot.records.iter().filter(|(offset, _)| *offset >= from) {
             if a.seq > state.version && state.apply_record(a).is_err() {
                 return Ok(());
             }
+            last = Some(*offset);
         }
         state.trim(self.inner.config.window);
         // Documents someone is subscribed to or waiting on stay.
@@ -301,6 +313,8 @@ impl Fanout {
             .docs
             .insert(doc.to_owned(), Hub::new(state), |_, h| h.in_use());
         self.inner.metrics.docs.add(1 - evicted as i64);
+        // What came from the archive alone waits for any progress of it.
+        part.loaded(last.unwrap_or(0), doc);
         Ok(())
     }
 }

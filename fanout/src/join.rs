@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use document::{DocState, WindowOp};
-use protocol::{ErrorCode, ServerMsg};
+use protocol::{AppliedRecord, ErrorCode, ServerMsg};
 use ropey::Rope;
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,7 +24,8 @@ pub struct Joined {
 }
 
 /// Longest catch-up sent as applied ops; a client further behind gets a
-/// snapshot (SPEC §5 allows either; its pending edits are merged).
+/// snapshot (SPEC §5 allows either; its pending edits are merged). It also
+/// bounds one catch-up's archive read (`archived.rs`).
 pub const MAX_CATCHUP: usize = 10_000;
 
 /// How many window ops follow version `since`.
@@ -72,13 +73,22 @@ impl JoinPlan {
         }
     }
 
-    fn messages(self) -> Vec<ServerMsg> {
+    /// The messages, given the catch-up's records (`None`: the window
+    /// ops' own, every one of which must have its text).
+    fn messages(self, records: Option<Vec<AppliedRecord>>) -> Vec<ServerMsg> {
         match self {
-            JoinPlan::CatchUp { doc, ops, version } => ops
-                .iter()
-                .map(|w| ServerMsg::applied(&w.record(&doc)))
-                .chain([ServerMsg::Ready { seq: version }])
-                .collect(),
+            JoinPlan::CatchUp { doc, ops, version } => {
+                let records = records.unwrap_or_else(|| {
+                    ops.iter()
+                        .map(|w| w.record(&doc).expect("a window op with its text"))
+                        .collect()
+                });
+                records
+                    .iter()
+                    .map(ServerMsg::applied)
+                    .chain([ServerMsg::Ready { seq: version }])
+                    .collect()
+            }
             JoinPlan::Snapshot { text, version } => vec![
                 ServerMsg::Snapshot {
                     seq: version,
@@ -92,9 +102,11 @@ impl JoinPlan {
 
 /// What a join sends (SPEC §5): with a `since` the window still covers, the
 /// applied ops after it; otherwise a snapshot of the current state; then
-/// `ready`. Pure, so the simulation tests use exactly this.
+/// `ready`. Pure, so the simulation tests use exactly this. For a state
+/// whose window ops all have their text (fanout drops archived ones' and
+/// reads them back: `Fanout::join`).
 pub fn join_messages(state: &DocState, since: Option<u64>) -> Vec<ServerMsg> {
-    JoinPlan::capture(state, since).messages()
+    JoinPlan::capture(state, since).messages(None)
 }
 
 /// How long a join whose `since` is ahead of this gateway waits for it
@@ -144,9 +156,23 @@ impl Fanout {
         });
         drop(part);
         self.inner.metrics.subscribers.inc();
+        // The records of ops whose text the window dropped come from the
+        // archive; the live stream waits in the subscriber's queue.
+        let records = match &plan {
+            JoinPlan::CatchUp { doc, ops, .. } if ops.iter().any(|o| !o.has_text()) => {
+                match self.records_of(doc, ops).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        self.leave(doc, id).await;
+                        return Err(e);
+                    }
+                }
+            }
+            _ => None,
+        };
         Ok(Joined {
             id,
-            catchup: plan.messages().iter().map(frame).collect(),
+            catchup: plan.messages(records).iter().map(frame).collect(),
             rx,
             kicked,
             version,

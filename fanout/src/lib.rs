@@ -14,12 +14,15 @@
 //!
 //! - [`hub`]: a document's subscribers and waiters, a partition's state, and
 //!   loading a document without holding the lock;
+//! - [`archived`]: dropping the window's large texts once archived, and
+//!   reading them back;
 //! - [`consume`]: the applied-topic consumer;
 //! - [`join`]: joins and leaves;
 //! - [`submit`]: the duplicate checks and outcome waiters for ingest;
 //! - [`reads`]: current text, time travel and history;
 //! - [`presence`]: the presence relay.
 
+mod archived;
 mod consume;
 mod hub;
 mod join;
@@ -86,6 +89,8 @@ pub enum FanoutError {
     Busy { doc: String },
     #[error("a partition task panicked: {0}")]
     Panicked(String),
+    #[error("{doc}@{seq}: the window dropped the op's text as archived, and the archive lacks it")]
+    NotArchived { doc: String, seq: u64 },
 }
 
 impl FanoutError {

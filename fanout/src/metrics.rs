@@ -14,6 +14,11 @@ pub struct Metrics {
     /// Texts taken from the transformer in this process instead of edited
     /// or repacked here (`document::TextShare`).
     pub(crate) texts_shared: IntCounter,
+    /// Window ops whose text was dropped once archived (`archived.rs`).
+    pub(crate) texts_dropped: IntCounter,
+    /// Records read back from the archive for a catch-up or a duplicate's
+    /// answer, because the window dropped their text.
+    pub(crate) archive_reads: IntCounter,
 }
 impl Metrics {
     pub fn new(registry: &Registry) -> Metrics {
@@ -54,6 +59,18 @@ impl Metrics {
             "Document texts taken from the transformer in this process instead of edited or repacked here",
         )
         .unwrap();
+        let texts_dropped = IntCounter::new(
+            "quire_fanout_window_texts_dropped_total",
+            "Window ops whose inserted and deleted text fanout dropped once the archive held their record",
+        )
+        .unwrap();
+        let archive_reads = IntCounter::new(
+            "quire_fanout_archive_reads_total",
+            "Records read back from the archive for a catch-up or a duplicate's answer, their text dropped from the window",
+        )
+        .unwrap();
+        let _ = registry.register(Box::new(texts_dropped.clone()));
+        let _ = registry.register(Box::new(archive_reads.clone()));
         let _ = registry.register(Box::new(texts_shared.clone()));
         let _ = registry.register(Box::new(queue_depth.clone()));
         let _ = registry.register(Box::new(lag.clone()));
@@ -69,6 +86,8 @@ impl Metrics {
             lag,
             queue_depth,
             texts_shared,
+            texts_dropped,
+            archive_reads,
         }
     }
 }

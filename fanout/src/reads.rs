@@ -44,7 +44,7 @@ impl Fanout {
                     .map(|ops| ops.take(want).cloned().collect())
             };
             match recent {
-                Some(r) => out.extend(r.iter().map(|w| w.record(doc))),
+                Some(r) => out.extend(self.records_of(doc, &r).await?),
                 // The archive lags the window's floor (the compactor
                 // archives in batches): the rest is in the applied topic.
                 None => out.extend(records_after(self.sources(), doc, from, want).await?),

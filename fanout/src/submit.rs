@@ -66,7 +66,11 @@ pub fn check(
     user: &str,
 ) -> Result<Checked, ProtoError> {
     Ok(match state.dedup_check(client, cseq, user)? {
-        Dedup::Applied(r) => Checked::Done(Found::Applied(r.record(&state.doc))),
+        Dedup::Applied(r) => match r.record(&state.doc) {
+            Some(record) => Checked::Done(Found::Applied(record)),
+            // Its text was dropped as archived: the archive has the record.
+            None => Checked::AskArchive(Ask::Forgotten { seq: Some(r.seq) }),
+        },
         Dedup::Forgotten { seq } => Checked::AskArchive(Ask::Forgotten { seq }),
         Dedup::New if base < state.floor && !state.clients.contains_key(client) => {
             Checked::AskArchive(Ask::Unknown { floor: state.floor })
@@ -187,7 +191,20 @@ impl Fanout {
         let hub = part.docs.get_mut(doc).expect("locked() loads it");
         // It may have been applied while the lock was released.
         if let Dedup::Applied(r) = hub.state.dedup_check(client, cseq, user)? {
-            return Ok(Waited::AlreadyApplied(Box::new(r.record(doc))));
+            let seq = r.seq;
+            if let Some(record) = r.record(doc) {
+                return Ok(Waited::AlreadyApplied(Box::new(record)));
+            }
+            // Its text was dropped as archived: ask the archive, unlocked.
+            drop(part);
+            self.inner.metrics.archive_reads.inc();
+            return match self.inner.store.find_op(doc, client, cseq).await? {
+                Some(record) => Ok(Waited::AlreadyApplied(Box::new(record))),
+                None => Err(FanoutError::NotArchived {
+                    doc: doc.into(),
+                    seq,
+                }),
+            };
         }
         let (tx, rx) = oneshot::channel();
         // Waiters that gave up (their request went away) go now.

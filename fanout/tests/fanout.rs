@@ -907,3 +907,184 @@ async fn a_gateway_follows_only_partitions_it_needs() {
     token.cancel();
     task.await.unwrap();
 }
+
+impl Env {
+    /// An op of `client` inserting `insert` at the start and deleting the
+    /// `delete` code points after it.
+    fn splice_as(&mut self, doc: &str, client: &str, delete: usize, insert: &str) -> AppliedRecord {
+        self.seq += 1;
+        let seq = self.seq;
+        let w = self.writer(doc);
+        let op = Op::splice(0, delete, insert);
+        let (text, del) = ot::apply_with_deleted(&w.text, &op).unwrap();
+        let last = w.cseqs.entry(client.to_owned()).or_default();
+        *last += 1;
+        let r = AppliedRecord {
+            v: 1,
+            doc: doc.into(),
+            seq,
+            prev: w.version,
+            client: client.into(),
+            cseq: *last,
+            base: w.version,
+            user: format!("u{client}"),
+            ts: protocol::now_ms(),
+            op,
+            del,
+            hash: None,
+        };
+        w.text = text;
+        w.version = seq;
+        r
+    }
+}
+
+fn counter(registry: &prometheus::Registry, name: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .find(|m| m.name() == name)
+        .map_or(0.0, |m| m.get_metric()[0].get_counter().get_value())
+}
+
+/// Fanout's window drops the text of a large op once the archive holds its
+/// record (`archived.rs`), and reads it back from there: a catch-up over
+/// such ops and a resend of one get exactly the original records, and the
+/// live stream is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archived_texts_leave_the_window_and_come_back_from_the_archive() {
+    let mut env = Env::new();
+    let doc = "big";
+    let registry = prometheus::Registry::new();
+    let fanout = Fanout::new(
+        FanoutConfig {
+            topics: env.topics.clone(),
+            window: WindowPolicy::default(),
+            subscriber_queue: 1024,
+            max_idle_docs: 16,
+            text_share: None,
+        },
+        env.log.clone(),
+        env.store.clone(),
+        Metrics::new(&registry),
+    )
+    .await
+    .unwrap();
+    let (token, task) = start(&fanout);
+    let mut live = Follower::default();
+    let mut a = fanout.join(doc, "a", None).await.unwrap();
+    live.join(&a, "live");
+
+    let recs = [
+        env.splice_as(doc, "s", 0, "small"),
+        env.splice_as(doc, "p", 0, &"paste é😀 ".repeat(40)),
+        env.splice_as(doc, "s", 0, "x"),
+        // A large delete: its deleted text is what must come back.
+        env.splice_as(doc, "d", 300, "y"),
+        env.splice_as(doc, "s", 0, "z"),
+    ];
+    env.produce(recs.iter().cloned().map(OutRecord::Applied).collect())
+        .await;
+    let version = env.writers[doc].version;
+    live.follow_to(&mut a, version, "live").await;
+    let name = "quire_fanout_window_texts_dropped_total";
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(counter(&registry, name), 0.0, "nothing archived yet");
+
+    // The compactor archives them and commits past them.
+    let end = env
+        .log
+        .high_watermark(&env.topics.applied, 0)
+        .await
+        .unwrap();
+    env.compact(end, 0).await;
+    let deadline = tokio::time::Instant::now() + T;
+    while counter(&registry, name) < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no text was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counter(&registry, name), 2.0, "only the two large ops");
+
+    // A catch-up over them: the original records, in order.
+    let b = fanout.join(doc, "b", Some(recs[0].seq)).await.unwrap();
+    let want: Vec<ServerMsg> = recs[1..]
+        .iter()
+        .map(ServerMsg::applied)
+        .chain([ServerMsg::Ready { seq: version }])
+        .collect();
+    assert_eq!(catchup_msgs(&b), want);
+    assert_eq!(counter(&registry, "quire_fanout_archive_reads_total"), 2.0);
+    let mut late = Follower::default();
+    late.join(&fanout.join(doc, "c", None).await.unwrap(), "snapshot");
+    assert_eq!(late.text, env.writers[doc].text);
+
+    // A resend of the paste: its record, from the archive.
+    let paste = &recs[1];
+    match fanout
+        .wait_for(doc, "p", paste.cseq, paste.base, "up")
+        .await
+        .unwrap()
+    {
+        Waited::AlreadyApplied(r) => assert_eq!(*r, *paste),
+        Waited::Pending(_) => panic!("the paste is applied"),
+    }
+    // The delete's record, with the text it deleted.
+    match fanout
+        .wait_for(doc, "d", recs[3].cseq, recs[3].base, "ud")
+        .await
+        .unwrap()
+    {
+        Waited::AlreadyApplied(r) => assert_eq!(*r, recs[3]),
+        Waited::Pending(_) => panic!("the delete is applied"),
+    }
+    assert_eq!(
+        fanout
+            .check_op(doc, "d", recs[3].cseq, recs[3].base, "ud")
+            .await
+            .unwrap(),
+        Some(recs[3].seq)
+    );
+
+    // Another gateway loads the document cold (archive, then log): its
+    // window drops the same texts, and its catch-up is the same.
+    let registry2 = prometheus::Registry::new();
+    let cold = Fanout::new(
+        FanoutConfig {
+            topics: env.topics.clone(),
+            window: WindowPolicy::default(),
+            subscriber_queue: 1024,
+            max_idle_docs: 16,
+            text_share: None,
+        },
+        env.log.clone(),
+        env.store.clone(),
+        Metrics::new(&registry2),
+    )
+    .await
+    .unwrap();
+    let (token2, task2) = start(&cold);
+    cold.join(doc, "e", None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    while counter(&registry2, name) < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cold copy kept its texts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b2 = cold.join(doc, "f", Some(recs[0].seq)).await.unwrap();
+    assert_eq!(catchup_msgs(&b2), want);
+    token2.cancel();
+    task2.await.unwrap();
+
+    // The live stream goes on.
+    let more = env.splice_as(doc, "p", 0, &"again ".repeat(60));
+    env.produce(vec![OutRecord::Applied(more.clone())]).await;
+    live.follow_to(&mut a, more.seq, "live").await;
+    assert_eq!(live.text, env.writers[doc].text);
+    token.cancel();
+    task.await.unwrap();
+}
