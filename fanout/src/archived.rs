@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use document::{DocState, WindowOp};
+use document::{DocState, WindowEntry, WindowOp};
 use oplog::{Offset, Partition};
 use protocol::AppliedRecord;
 
@@ -176,7 +176,7 @@ impl Fanout {
             }
             // Skip archived records the window has with their text.
             while from_archive.next_if(|r| r.seq < o.seq).is_some() {}
-            match from_archive.next_if(|r| r.seq == o.seq) {
+            match from_archive.next_if(|r| r.seq == o.seq && o.is_op_of(&r.client, r.cseq)) {
                 Some(r) => out.push(r),
                 None => {
                     return Err(FanoutError::NotArchived {

@@ -44,6 +44,10 @@ pub enum Ask {
     /// ago, or a new stale op. Only an archive that holds every op up to
     /// `floor` can say "never applied".
     Unknown { floor: u64 },
+    /// Applied at `seq` and archived: the window dropped the op's text
+    /// (`archived.rs`), so its record is the archive's. Its seq alone (an
+    /// `ack dup`) needs no archive read.
+    Archived { seq: u64 },
 }
 
 impl Ask {
@@ -51,7 +55,7 @@ impl Ask {
     pub fn must_reach(&self) -> Option<u64> {
         match self {
             Ask::Unknown { floor } => Some(*floor),
-            Ask::Forgotten { .. } => None,
+            Ask::Forgotten { .. } | Ask::Archived { .. } => None,
         }
     }
 }
@@ -69,7 +73,7 @@ pub fn check(
         Dedup::Applied(r) => match r.record(&state.doc) {
             Some(record) => Checked::Done(Found::Applied(record)),
             // Its text was dropped as archived: the archive has the record.
-            None => Checked::AskArchive(Ask::Forgotten { seq: Some(r.seq) }),
+            None => Checked::AskArchive(Ask::Archived { seq: r.seq }),
         },
         Dedup::Forgotten { seq } => Checked::AskArchive(Ask::Forgotten { seq }),
         Dedup::New if base < state.floor && !state.clients.contains_key(client) => {
@@ -103,7 +107,9 @@ pub fn resolve(
             ErrorCode::Overloaded,
             format!("the archive has not reached version {floor} yet: resend later"),
         )),
-        (None, Ask::Forgotten { seq: Some(seq) }) => Ok(Found::AppliedAt(seq)),
+        (None, Ask::Forgotten { seq: Some(seq) } | Ask::Archived { seq }) => {
+            Ok(Found::AppliedAt(seq))
+        }
         // Below the client's latest cseq but never applied (cseqs may
         // skip): it can never be applied now.
         (None, Ask::Forgotten { seq: None }) => Err(ProtoError::new(
@@ -115,14 +121,15 @@ pub fn resolve(
 
 impl Fanout {
     /// Checks under the partition lock; archive lookups after releasing it,
-    /// through the store's `(client, cseq)` index.
+    /// through the store's `(client, cseq)` index. Without `need_record`
+    /// (an `ack dup` needs the seq only) an archived op's record is not read.
     async fn find(
         &self,
         doc: &str,
-        client: &str,
-        cseq: u64,
+        (client, cseq): (&str, u64),
         base: u64,
         user: &str,
+        need_record: bool,
     ) -> Result<Found, FanoutError> {
         let checked = {
             let mut part = self.locked(doc).await?;
@@ -131,7 +138,11 @@ impl Fanout {
         };
         match checked {
             Checked::Done(found) => Ok(found),
+            Checked::AskArchive(Ask::Archived { seq }) if !need_record => Ok(Found::AppliedAt(seq)),
             Checked::AskArchive(ask) => {
+                if let Ask::Archived { .. } = ask {
+                    self.inner.metrics.archive_reads.inc();
+                }
                 let archived = self.inner.store.find_op(doc, client, cseq).await?;
                 let reached = match ask.must_reach() {
                     Some(seq) if archived.is_none() => self
@@ -157,11 +168,13 @@ impl Fanout {
         base: u64,
         user: &str,
     ) -> Result<Option<u64>, FanoutError> {
-        Ok(match self.find(doc, client, cseq, base, user).await? {
-            Found::New => None,
-            Found::Applied(r) => Some(r.seq),
-            Found::AppliedAt(seq) => Some(seq),
-        })
+        Ok(
+            match self.find(doc, (client, cseq), base, user, false).await? {
+                Found::New => None,
+                Found::Applied(r) => Some(r.seq),
+                Found::AppliedAt(seq) => Some(seq),
+            },
+        )
     }
 
     /// Registers for the outcome of `(client, cseq)`, after the binding and
@@ -174,7 +187,7 @@ impl Fanout {
         base: u64,
         user: &str,
     ) -> Result<Waited, FanoutError> {
-        match self.find(doc, client, cseq, base, user).await? {
+        match self.find(doc, (client, cseq), base, user, true).await? {
             Found::Applied(r) => return Ok(Waited::AlreadyApplied(Box::new(r))),
             Found::AppliedAt(seq) => {
                 return Err(ProtoError::new(

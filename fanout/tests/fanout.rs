@@ -1021,7 +1021,17 @@ async fn archived_texts_leave_the_window_and_come_back_from_the_archive() {
     late.join(&fanout.join(doc, "c", None).await.unwrap(), "snapshot");
     assert_eq!(late.text, env.writers[doc].text);
 
-    // A resend of the paste: its record, from the archive.
+    // A WebSocket resend needs the seq only: no archive read.
+    let reads = "quire_fanout_archive_reads_total";
+    assert_eq!(
+        fanout
+            .check_op(doc, "p", recs[1].cseq, recs[1].base, "up")
+            .await
+            .unwrap(),
+        Some(recs[1].seq)
+    );
+    assert_eq!(counter(&registry, reads), 2.0);
+    // An HTTP resend of the paste: its record, from the archive.
     let paste = &recs[1];
     match fanout
         .wait_for(doc, "p", paste.cseq, paste.base, "up")
@@ -1031,6 +1041,7 @@ async fn archived_texts_leave_the_window_and_come_back_from_the_archive() {
         Waited::AlreadyApplied(r) => assert_eq!(*r, *paste),
         Waited::Pending(_) => panic!("the paste is applied"),
     }
+    assert_eq!(counter(&registry, reads), 3.0);
     // The delete's record, with the text it deleted.
     match fanout
         .wait_for(doc, "d", recs[3].cseq, recs[3].base, "ud")
