@@ -1099,3 +1099,59 @@ async fn archived_texts_leave_the_window_and_come_back_from_the_archive() {
     token.cancel();
     task.await.unwrap();
 }
+
+/// A document loaded cold while the archive lags: its texts go only once
+/// the archive holds every record the load read (the log's tail included),
+/// and a catch-up in between is served from the window as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_load_keeps_its_texts_until_the_archive_has_them_all() {
+    let mut env = Env::new();
+    let doc = "cold";
+    let recs = [
+        env.splice_as(doc, "p", 0, &"first paste ".repeat(30)),
+        env.splice_as(doc, "p", 0, &"second paste ".repeat(30)),
+    ];
+    env.produce(recs.iter().cloned().map(OutRecord::Applied).collect())
+        .await;
+    let registry = prometheus::Registry::new();
+    let fanout = Fanout::new(
+        FanoutConfig {
+            topics: env.topics.clone(),
+            window: WindowPolicy::default(),
+            subscriber_queue: 1024,
+            max_idle_docs: 16,
+            text_share: None,
+        },
+        env.log.clone(),
+        env.store.clone(),
+        Metrics::new(&registry),
+    )
+    .await
+    .unwrap();
+    let (token, task) = start(&fanout);
+    // Loaded from the log: both records (offsets 0 and 1).
+    fanout.join(doc, "a", None).await.unwrap();
+    let name = "quire_fanout_window_texts_dropped_total";
+    let want: Vec<ServerMsg> = recs
+        .iter()
+        .map(ServerMsg::applied)
+        .chain([ServerMsg::Ready { seq: recs[1].seq }])
+        .collect();
+    // The archive holds the first only: the load's texts stay.
+    env.compact(1, 0).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(counter(&registry, name), 0.0, "dropped before archived");
+    let b = fanout.join(doc, "b", Some(0)).await.unwrap();
+    assert_eq!(catchup_msgs(&b), want);
+    // Now it holds both.
+    env.compact(2, 0).await;
+    let deadline = tokio::time::Instant::now() + T;
+    while counter(&registry, name) < 2.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the texts stayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = fanout.join(doc, "c", Some(0)).await.unwrap();
+    assert_eq!(catchup_msgs(&c), want);
+    token.cancel();
+    task.await.unwrap();
+}
