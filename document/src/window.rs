@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use ot::{Component, Move, Op};
 use protocol::chain::{self, ChainHash};
-use protocol::packed::{put_str, put_varint};
+use protocol::packed::{put_op, put_str, put_varint, DELETE, INSERT, RETAIN};
 use protocol::AppliedRecord;
 
 /// The names a document's window refers to (clients and, for [`WindowOp`]s,
@@ -84,10 +84,8 @@ pub struct WindowOp {
     hash: ChainHash,
 }
 
-const RETAIN: u8 = 0;
-const INSERT: u8 = 1;
-const DELETE: u8 = 2;
-/// An insert kept as its length in code points ([`OpShape`]).
+/// An insert kept as its length in code points ([`OpShape`]); the other
+/// tags are `protocol::packed`'s.
 const INSERT_LEN: u8 = 3;
 
 /// What a document's window keeps of each applied op (see [`DocState`]).
@@ -236,23 +234,7 @@ impl<'a> Reader<'a> {
 fn pack(op: &Op, del: &[String], hash_text: Option<&str>) -> Packed {
     let mut out =
         Vec::with_capacity(4 + op.inserted_bytes() + del.iter().map(String::len).sum::<usize>());
-    put_varint(&mut out, op.components().len() as u64);
-    for c in op.components() {
-        match c {
-            Component::Retain(n) => {
-                out.push(RETAIN);
-                put_varint(&mut out, *n as u64);
-            }
-            Component::Insert(s) => {
-                out.push(INSERT);
-                put_str(&mut out, s);
-            }
-            Component::Delete(n) => {
-                out.push(DELETE);
-                put_varint(&mut out, *n as u64);
-            }
-        }
-    }
+    put_op(&mut out, op);
     put_varint(&mut out, del.len() as u64);
     for d in del {
         put_str(&mut out, d);

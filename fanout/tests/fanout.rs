@@ -61,6 +61,18 @@ impl Writer {
                 self.rng.pick::<&str>(&["a", "bc", "é", "😀", "xyz"]),
             )
         };
+        self.apply_as(seq, (client, user), cseq, op)
+    }
+
+    /// `op` of `client` (of `user`) applied at `seq`, with the client's
+    /// next cseq (or `cseq` when given).
+    fn apply_as(
+        &mut self,
+        seq: u64,
+        (client, user): (&str, &str),
+        cseq: Option<u64>,
+        op: Op,
+    ) -> AppliedRecord {
         let (text, del) = ot::apply_with_deleted(&self.text, &op).unwrap();
         let last = self.cseqs.entry(client.to_owned()).or_default();
         *last = cseq.unwrap_or(*last + 1);
@@ -914,28 +926,37 @@ impl Env {
     fn splice_as(&mut self, doc: &str, client: &str, delete: usize, insert: &str) -> AppliedRecord {
         self.seq += 1;
         let seq = self.seq;
-        let w = self.writer(doc);
-        let op = Op::splice(0, delete, insert);
-        let (text, del) = ot::apply_with_deleted(&w.text, &op).unwrap();
-        let last = w.cseqs.entry(client.to_owned()).or_default();
-        *last += 1;
-        let r = AppliedRecord {
-            v: 1,
-            doc: doc.into(),
-            seq,
-            prev: w.version,
-            client: client.into(),
-            cseq: *last,
-            base: w.version,
-            user: format!("u{client}"),
-            ts: protocol::now_ms(),
-            op,
-            del,
-            hash: None,
-        };
-        w.text = text;
-        w.version = seq;
-        r
+        let user = format!("u{client}");
+        self.writer(doc)
+            .apply_as(seq, (client, &user), None, Op::splice(0, delete, insert))
+    }
+
+    /// A fanout with the default window, its metrics in `registry`.
+    async fn fanout_metered(&self, registry: &prometheus::Registry) -> Fanout {
+        Fanout::new(
+            FanoutConfig {
+                topics: self.topics.clone(),
+                window: WindowPolicy::default(),
+                subscriber_queue: 1024,
+                max_idle_docs: 16,
+                text_share: None,
+            },
+            self.log.clone(),
+            self.store.clone(),
+            Metrics::new(registry),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// Waits (`T` at most) for counter `name` to reach `n`; `what` says what
+/// did not happen.
+async fn until_counter(registry: &prometheus::Registry, name: &str, n: f64, what: &str) {
+    let deadline = tokio::time::Instant::now() + T;
+    while counter(registry, name) < n {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -956,20 +977,7 @@ async fn archived_texts_leave_the_window_and_come_back_from_the_archive() {
     let mut env = Env::new();
     let doc = "big";
     let registry = prometheus::Registry::new();
-    let fanout = Fanout::new(
-        FanoutConfig {
-            topics: env.topics.clone(),
-            window: WindowPolicy::default(),
-            subscriber_queue: 1024,
-            max_idle_docs: 16,
-            text_share: None,
-        },
-        env.log.clone(),
-        env.store.clone(),
-        Metrics::new(&registry),
-    )
-    .await
-    .unwrap();
+    let fanout = env.fanout_metered(&registry).await;
     let (token, task) = start(&fanout);
     let mut live = Follower::default();
     let mut a = fanout.join(doc, "a", None).await.unwrap();
@@ -998,14 +1006,7 @@ async fn archived_texts_leave_the_window_and_come_back_from_the_archive() {
         .await
         .unwrap();
     env.compact(end, 0).await;
-    let deadline = tokio::time::Instant::now() + T;
-    while counter(&registry, name) < 2.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no text was dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_counter(&registry, name, 2.0, "no text was dropped").await;
     assert_eq!(counter(&registry, name), 2.0, "only the two large ops");
 
     // A catch-up over them: the original records, in order.
@@ -1062,30 +1063,10 @@ async fn archived_texts_leave_the_window_and_come_back_from_the_archive() {
     // Another gateway loads the document cold (archive, then log): its
     // window drops the same texts, and its catch-up is the same.
     let registry2 = prometheus::Registry::new();
-    let cold = Fanout::new(
-        FanoutConfig {
-            topics: env.topics.clone(),
-            window: WindowPolicy::default(),
-            subscriber_queue: 1024,
-            max_idle_docs: 16,
-            text_share: None,
-        },
-        env.log.clone(),
-        env.store.clone(),
-        Metrics::new(&registry2),
-    )
-    .await
-    .unwrap();
+    let cold = env.fanout_metered(&registry2).await;
     let (token2, task2) = start(&cold);
     cold.join(doc, "e", None).await.unwrap();
-    let deadline = tokio::time::Instant::now() + T;
-    while counter(&registry2, name) < 2.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the cold copy kept its texts"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_counter(&registry2, name, 2.0, "the cold copy kept its texts").await;
     let b2 = cold.join(doc, "f", Some(recs[0].seq)).await.unwrap();
     assert_eq!(catchup_msgs(&b2), want);
     token2.cancel();
@@ -1114,20 +1095,7 @@ async fn a_cold_load_keeps_its_texts_until_the_archive_has_them_all() {
     env.produce(recs.iter().cloned().map(OutRecord::Applied).collect())
         .await;
     let registry = prometheus::Registry::new();
-    let fanout = Fanout::new(
-        FanoutConfig {
-            topics: env.topics.clone(),
-            window: WindowPolicy::default(),
-            subscriber_queue: 1024,
-            max_idle_docs: 16,
-            text_share: None,
-        },
-        env.log.clone(),
-        env.store.clone(),
-        Metrics::new(&registry),
-    )
-    .await
-    .unwrap();
+    let fanout = env.fanout_metered(&registry).await;
     let (token, task) = start(&fanout);
     // Loaded from the log: both records (offsets 0 and 1).
     fanout.join(doc, "a", None).await.unwrap();
@@ -1145,11 +1113,7 @@ async fn a_cold_load_keeps_its_texts_until_the_archive_has_them_all() {
     assert_eq!(catchup_msgs(&b), want);
     // Now it holds both.
     env.compact(2, 0).await;
-    let deadline = tokio::time::Instant::now() + T;
-    while counter(&registry, name) < 2.0 {
-        assert!(tokio::time::Instant::now() < deadline, "the texts stayed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_counter(&registry, name, 2.0, "the texts stayed").await;
     let c = fanout.join(doc, "c", Some(0)).await.unwrap();
     assert_eq!(catchup_msgs(&c), want);
     token.cancel();

@@ -25,9 +25,10 @@ use crate::{AppliedRecord, ErrorCode, ProtoError, APPLIED_VERSIONS_READ};
 /// The first byte of a packed record (never `{`).
 pub const PACKED_V1: u8 = 0x01;
 
-const RETAIN: u8 = 0;
-const INSERT: u8 = 1;
-const DELETE: u8 = 2;
+/// A component's tag in [`put_op`]'s output.
+pub const RETAIN: u8 = 0;
+pub const INSERT: u8 = 1;
+pub const DELETE: u8 = 2;
 
 const NO_HASH: u8 = 0;
 const HASH_BYTES: u8 = 1;
@@ -50,6 +51,28 @@ pub fn put_varint(out: &mut Vec<u8>, mut n: u64) {
 pub fn put_str(out: &mut Vec<u8>, s: &str) {
     put_varint(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
+}
+
+/// Appends `op`: its component count, then each component as a tag
+/// ([`RETAIN`], [`INSERT`], [`DELETE`]) and a count or a string.
+pub fn put_op(out: &mut Vec<u8>, op: &Op) {
+    put_varint(out, op.components().len() as u64);
+    for c in op.components() {
+        match c {
+            Component::Retain(n) => {
+                out.push(RETAIN);
+                put_varint(out, *n as u64);
+            }
+            Component::Insert(s) => {
+                out.push(INSERT);
+                put_str(out, s);
+            }
+            Component::Delete(n) => {
+                out.push(DELETE);
+                put_varint(out, *n as u64);
+            }
+        }
+    }
 }
 
 fn zigzag(n: i64) -> u64 {
@@ -75,23 +98,7 @@ pub fn pack_applied(r: &AppliedRecord) -> Vec<u8> {
     put_varint(&mut out, zigzag(r.ts));
     put_str(&mut out, &r.client);
     put_str(&mut out, &r.user);
-    put_varint(&mut out, r.op.components().len() as u64);
-    for c in r.op.components() {
-        match c {
-            Component::Retain(n) => {
-                out.push(RETAIN);
-                put_varint(&mut out, *n as u64);
-            }
-            Component::Insert(s) => {
-                out.push(INSERT);
-                put_str(&mut out, s);
-            }
-            Component::Delete(n) => {
-                out.push(DELETE);
-                put_varint(&mut out, *n as u64);
-            }
-        }
-    }
+    put_op(&mut out, &r.op);
     put_varint(&mut out, r.del.len() as u64);
     for d in &r.del {
         put_str(&mut out, d);
