@@ -142,7 +142,14 @@ impl Iterator for Moves<'_> {
             _ => unreachable!("packed by this module"),
         })
     }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
 }
+
+/// The body starts with the move count.
+impl ExactSizeIterator for Moves<'_> {}
 
 /// Bytes kept inline in a [`Packed`]: a keystroke's body (about 10 bytes
 /// for a [`WindowOp`], 7 for an [`OpShape`]) fits.
@@ -298,7 +305,7 @@ impl WindowOp {
     /// (and reads the record back from there).
     pub fn drop_text(&mut self) {
         if self.has_text() {
-            self.body = shape(self.moves().collect::<Vec<_>>().into_iter());
+            self.body = shape(self.moves());
             self.hash_kind |= TEXT_DROPPED;
         }
     }

@@ -64,20 +64,6 @@ impl Part {
         }
     }
 
-    /// After applying `seq` of `doc` from `offset`: remember it if its text
-    /// is worth dropping later.
-    pub(crate) fn applied(&mut self, offset: Offset, doc: &str, seq: u64) {
-        let large = self.docs.peek_mut(doc).is_some_and(|h| {
-            h.state
-                .window
-                .back()
-                .is_some_and(|w| w.seq == seq && w.heap_bytes() >= DROP_TEXT_MIN)
-        });
-        if large {
-            self.archive_pending(offset, doc, seq);
-        }
-    }
-
     /// After a load that read the log below `offset`: its texts go once the
     /// archive is past that.
     pub(crate) fn loaded(&mut self, offset: Offset, doc: &str) {
@@ -105,6 +91,15 @@ impl Part {
 }
 
 impl Hub {
+    /// Whether the op just applied at `seq` has a text worth dropping once
+    /// archived.
+    pub(crate) fn large_text_at(&self, seq: u64) -> bool {
+        self.state
+            .window
+            .back()
+            .is_some_and(|w| w.seq == seq && w.heap_bytes() >= DROP_TEXT_MIN)
+    }
+
     /// Drops the large texts of the window's ops up to `seq` (they are
     /// archived); returns how many.
     fn drop_texts_upto(&mut self, seq: u64) -> u64 {
@@ -153,14 +148,12 @@ impl Fanout {
         doc: &str,
         ops: &[WindowOp],
     ) -> Result<Vec<AppliedRecord>, FanoutError> {
-        let bare = |o: &&WindowOp| !o.has_text();
-        let (Some(first), Some(last)) = (
-            ops.iter().position(|o| !o.has_text()),
-            ops.iter().rposition(|o| !o.has_text()),
-        ) else {
+        let bare = |o: &WindowOp| !o.has_text();
+        let (Some(first), Some(last)) = (ops.iter().position(bare), ops.iter().rposition(bare))
+        else {
             return Ok(ops.iter().filter_map(|o| o.record(doc)).collect());
         };
-        let wanted = ops.iter().filter(bare).count();
+        let wanted = ops.iter().filter(|o| bare(o)).count();
         let archived = self
             .inner
             .store

@@ -99,7 +99,10 @@ impl Fanout {
                         Some(OutRecord::Applied(a)) => {
                             let seq = a.seq;
                             hub.deliver(a, window, share, metrics);
-                            part.applied(rec.offset, &rec.key, seq);
+                            // A large text goes once the archive has it.
+                            if hub.large_text_at(seq) {
+                                part.archive_pending(rec.offset, &rec.key, seq);
+                            }
                         }
                         Some(OutRecord::Rejected(r)) => hub.reject(r),
                         None => {}

@@ -5,6 +5,7 @@ use document::{Dedup, DocState};
 use protocol::{AppliedRecord, ErrorCode, OutRecord, ProtoError};
 use tokio::sync::oneshot;
 
+use crate::hub::Hub;
 use crate::{Fanout, FanoutError};
 
 /// Result of registering for an op's outcome.
@@ -187,38 +188,37 @@ impl Fanout {
         base: u64,
         user: &str,
     ) -> Result<Waited, FanoutError> {
-        match self.find(doc, (client, cseq), base, user, true).await? {
-            Found::Applied(r) => return Ok(Waited::AlreadyApplied(Box::new(r))),
-            Found::AppliedAt(seq) => {
-                return Err(ProtoError::new(
-                    ErrorCode::Overloaded,
-                    format!(
-                        "op {client}/{cseq} was applied at {seq} but is not archived yet; retry"
-                    ),
-                )
-                .into())
+        // At most twice: an op found applied under the lock with its text
+        // dropped is looked up again, where the archive gives its record.
+        loop {
+            match self.find(doc, (client, cseq), base, user, true).await? {
+                Found::Applied(r) => return Ok(Waited::AlreadyApplied(Box::new(r))),
+                Found::AppliedAt(seq) => {
+                    return Err(ProtoError::new(
+                        ErrorCode::Overloaded,
+                        format!(
+                            "op {client}/{cseq} was applied at {seq} but is not archived yet; retry"
+                        ),
+                    )
+                    .into())
+                }
+                Found::New => {}
             }
-            Found::New => {}
-        }
-        let mut part = self.locked(doc).await?;
-        let hub = part.docs.get_mut(doc).expect("locked() loads it");
-        // It may have been applied while the lock was released.
-        if let Dedup::Applied(r) = hub.state.dedup_check(client, cseq, user)? {
-            let seq = r.seq;
-            if let Some(record) = r.record(doc) {
-                return Ok(Waited::AlreadyApplied(Box::new(record)));
+            let mut part = self.locked(doc).await?;
+            let hub = part.docs.get_mut(doc).expect("locked() loads it");
+            // It may have been applied while the lock was released.
+            match hub.state.dedup_check(client, cseq, user)? {
+                Dedup::Applied(r) => match r.record(doc) {
+                    Some(record) => return Ok(Waited::AlreadyApplied(Box::new(record))),
+                    None => continue,
+                },
+                _ => return Ok(Waited::Pending(Self::register(hub, client, cseq))),
             }
-            // Its text was dropped as archived: ask the archive, unlocked.
-            drop(part);
-            self.inner.metrics.archive_reads.inc();
-            return match self.inner.store.find_op(doc, client, cseq).await? {
-                Some(record) => Ok(Waited::AlreadyApplied(Box::new(record))),
-                None => Err(FanoutError::NotArchived {
-                    doc: doc.into(),
-                    seq,
-                }),
-            };
         }
+    }
+
+    /// A waiter for the outcome of `(client, cseq)` (under the lock).
+    fn register(hub: &mut Hub, client: &str, cseq: u64) -> oneshot::Receiver<OutRecord> {
         let (tx, rx) = oneshot::channel();
         // Waiters that gave up (their request went away) go now.
         hub.waiters.retain(|_, ws| {
@@ -229,7 +229,7 @@ impl Fanout {
             .entry((client.to_owned(), cseq))
             .or_default()
             .push(tx);
-        Ok(Waited::Pending(rx))
+        rx
     }
 
     /// Drops a waiter that gave up (HTTP timeout or disconnect).
