@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use document::{DocState, WindowEntry, WindowOp};
+use document::{WindowEntry, WindowOp};
 use oplog::{Offset, Partition};
 use protocol::AppliedRecord;
 
@@ -42,15 +42,6 @@ pub(crate) struct Pending {
     seq: u64,
 }
 
-/// Whether `state` holds a text worth dropping at or before `seq`.
-fn holds_text(state: &DocState, seq: u64) -> bool {
-    let end = state.window.partition_point(|w| w.seq <= seq);
-    state
-        .window
-        .range(..end)
-        .any(|w| w.heap_bytes() >= DROP_TEXT_MIN)
-}
-
 impl Part {
     /// `doc`'s ops up to `seq`, consumed from `offset` or before, can lose
     /// their texts once the archive is past `offset`.
@@ -68,8 +59,12 @@ impl Part {
     /// archive is past that.
     pub(crate) fn loaded(&mut self, offset: Offset, doc: &str) {
         let upto = self.docs.peek_mut(doc).and_then(|h| {
-            let v = h.state.version;
-            holds_text(&h.state, v).then_some(v)
+            let large = h
+                .state
+                .window
+                .iter()
+                .any(|w| w.heap_bytes() >= DROP_TEXT_MIN);
+            large.then_some(h.state.version)
         });
         if let Some(seq) = upto {
             self.archive_pending(offset, doc, seq);
